@@ -1,0 +1,102 @@
+"""`percept models ...`: inspect and publish the model store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from model_store import store
+
+models_app = typer.Typer(help="List, show and publish models in the model store.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def list_models(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every model with its default version, kind and factor."""
+    rows = []
+    for name in store.list_models():
+        entry = store.get(name)
+        rows.append({"name": name, "default": entry.version, "versions": store.versions(name),
+                     "kind": entry.manifest["kind"], "factor": entry.manifest["factor"], "path": str(entry.path)})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no models (stores searched: {', '.join(map(str, store.roots()))})")
+    for r in rows:
+        kind = "style" if r["kind"] == "style" else f"sr x{r['factor']}"
+        typer.echo(f"{r['name']:<20} v{r['default']:<4} {kind:<8} versions {r['versions']}  {r['path']}")
+
+
+@models_app.command("show")
+def show(name: str, version: int = typer.Option(None, "--version")) -> None:
+    """A version's manifest (the default version unless --version)."""
+    try:
+        entry = store.get(name, version)
+    except store.ModelStoreError as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo(json.dumps(entry.manifest, indent=2))
+
+
+@models_app.command("publish")
+def publish(
+    checkpoint: Path = typer.Argument(..., exists=True, dir_okay=False, help="A training checkpoint (.pt)."),
+    name: str = typer.Option(..., "--name"),
+    fp32: bool = typer.Option(False, "--fp32", help="Store fp32 weights (default: fp16, half the size)."),
+) -> None:
+    """Publish a trained checkpoint as the next version of NAME."""
+    from trainer.train import publish_checkpoint
+
+    try:
+        typer.echo(json.dumps(publish_checkpoint(checkpoint, name, half=not fp32), indent=2))
+    except store.ModelStoreError as e:
+        raise typer.BadParameter(str(e)) from e
+
+
+def _pairs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
+    """(input, output) files: a file to a file, or every image in a folder to the same name in another."""
+    if src.is_dir():
+        from trainer.data import IMAGE_SUFFIXES
+
+        dst.mkdir(parents=True, exist_ok=True)
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        return [(p, dst / p.name) for p in files]
+    return [(src, dst)]
+
+
+def _apply(model: str, src: Path, dst: Path, histmatch: bool, max_side: int | None, device: str) -> None:
+    from model_store.images import load_image, save_image
+    from model_store.inference import run
+
+    try:
+        net, entry = store.load(model, device=device)
+    except store.ModelStoreError as e:
+        raise typer.BadParameter(str(e)) from e
+    for a, b in _pairs(src, dst):
+        save_image(run(net, load_image(a, max_side=max_side).to(device), histmatch=histmatch), b)
+        typer.echo(f"{a} -> {b}  ({model} v{entry.version})")
+
+
+def stylize(
+    src: Path = typer.Argument(..., exists=True, help="An image, or a folder of images."),
+    dst: Path = typer.Argument(..., help="Output image (or folder)."),
+    model: str = typer.Option(..., "--model", help="Style model name, e.g. muse."),
+    max_side: int = typer.Option(None, "--max-side", help="Shrink inputs so the longer side is at most this."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Stylize images locally with a model from the store (no service needed)."""
+    _apply(model, src, dst, False, max_side, device)
+
+
+def upscale(
+    src: Path = typer.Argument(..., exists=True, help="An image, or a folder of images."),
+    dst: Path = typer.Argument(..., help="Output image (or folder)."),
+    factor: int = typer.Option(4, "--factor", help="4 | 8"),
+    model: str = typer.Option(None, "--model", help="SR model name (default: sr_x<factor>)."),
+    histmatch: bool = typer.Option(False, "--histmatch", help="Match the output's histogram to the input's."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Upscale images locally with a super-resolution model from the store."""
+    _apply(model or store.sr_model_name(factor), src, dst, histmatch, None, device)

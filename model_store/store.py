@@ -1,0 +1,235 @@
+"""The versioned model store: what the trainer publishes and the worker loads.
+
+Layout of a store root::
+
+    <root>/<name>/<version>/model.safetensors   weights (fp32 or fp16)
+    <root>/<name>/<version>/manifest.json       name, kind, factor, network config, sha256, created_at, training
+    <root>/<name>/<version>/style.png           style models: the style image as trained (objective, thumbnail)
+    <root>/<name>/DEFAULT                       optional pinned default version (else the highest)
+
+Publishing writes a version into a temporary directory, fsyncs it and renames it into place, so a reader never
+sees half a model. Loading verifies the weights' sha256 against the manifest.
+
+Two roots are searched: the ``MODEL_STORE`` directory when that variable is set, then the built-in store shipped
+inside this package (so a fresh clone serves the built-in models with no configuration). A model name found in
+``MODEL_STORE`` hides the built-in model of the same name. Publishing goes to ``MODEL_STORE`` when set, else to
+the built-in store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model_store.networks import NetworkConfig, TransformNet, build_network
+
+BUILTIN_ROOT = Path(__file__).resolve().parent / "builtin"
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+DEFAULT_FILE = "DEFAULT"
+STYLE_FILE = "style.png"  # a style model's style image, at the size it was trained with
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")  # \Z: "$" would accept a trailing newline
+
+
+class ModelStoreError(Exception):
+    """Base class for store errors; the message is meant for the user."""
+
+
+class ModelNotFound(ModelStoreError, LookupError):
+    pass
+
+
+class IntegrityError(ModelStoreError):
+    pass
+
+
+def validate_name(name: str) -> str:
+    """Model names are lowercase letters, digits, '_' and '-', at most 64 characters: no dots, no paths."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ModelStoreError(
+            f"invalid model name {name!r}: use 1-64 lowercase letters, digits, '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def config(self) -> NetworkConfig:
+        return NetworkConfig.from_dict(self.manifest["network"])
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+
+def roots() -> list[Path]:
+    """Store roots in lookup order."""
+    extra = os.environ.get("MODEL_STORE")
+    return ([Path(extra)] if extra else []) + [BUILTIN_ROOT]
+
+
+def publish_root() -> Path:
+    return roots()[0]
+
+
+def _versions_in(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / MANIFEST_FILE).is_file())
+
+
+def _model_dir(name: str) -> Path | None:
+    validate_name(name)
+    for root in roots():
+        if _versions_in(root / name):
+            return root / name
+    return None
+
+
+def list_models() -> list[str]:
+    names: set[str] = set()
+    for root in roots():
+        if root.is_dir():
+            names.update(p.name for p in root.iterdir() if NAME_RE.match(p.name) and _versions_in(p))
+    return sorted(names)
+
+
+def versions(name: str) -> list[int]:
+    model_dir = _model_dir(name)
+    return _versions_in(model_dir) if model_dir else []
+
+
+def default_version(name: str) -> int:
+    model_dir = _model_dir(name)
+    if model_dir is None:
+        raise ModelNotFound(f"no model named {name!r} (known: {', '.join(list_models()) or 'none'})")
+    pinned = model_dir / DEFAULT_FILE
+    available = _versions_in(model_dir)
+    if pinned.is_file():
+        version = int(pinned.read_text().strip())
+        if version in available:
+            return version
+    return available[-1]
+
+
+def get(name: str, version: int | None = None) -> ModelVersion:
+    """The manifest of a model version (the default version when None)."""
+    version = default_version(name) if version is None else version
+    model_dir = _model_dir(name)
+    if model_dir is None:
+        raise ModelNotFound(f"no model named {name!r} (known: {', '.join(list_models()) or 'none'})")
+    path = model_dir / str(version)
+    if not (path / MANIFEST_FILE).is_file():
+        raise ModelNotFound(f"model {name!r} has no version {version} (versions: {_versions_in(model_dir)})")
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    return ModelVersion(name, version, path, manifest)
+
+
+def load(name: str, version: int | None = None, device: str | torch.device = "cpu") -> tuple[TransformNet, ModelVersion]:
+    """Load a model in eval mode on `device` after checking its weights' sha256."""
+    entry = get(name, version)
+    actual = sha256_file(entry.weights_path)
+    if actual != entry.manifest["sha256"]:
+        raise IntegrityError(
+            f"weights of {name} v{entry.version} do not match the manifest's sha256 "
+            f"({actual[:12]}… != {entry.manifest['sha256'][:12]}…): refusing to load {entry.weights_path}"
+        )
+    net = build_network(entry.config)
+    state = {k: v.float() for k, v in load_file(entry.weights_path).items()}
+    net.load_state_dict(state, strict=True)
+    return net.eval().to(device), entry
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(
+    name: str,
+    net: TransformNet,
+    training: dict[str, Any] | None = None,
+    *,
+    half: bool = True,
+    root: Path | None = None,
+    extra_files: dict[str, bytes] | None = None,
+) -> ModelVersion:
+    """Publish `net` as the next version of `name`. Atomic: the version appears whole or not at all."""
+    validate_name(name)
+    root = Path(root) if root else publish_root()
+    model_dir = root / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=model_dir))
+    try:
+        dtype = torch.float16 if half else torch.float32
+        state = {
+            k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+            for k, v in net.state_dict().items()
+        }
+        save_file(state, tmp / WEIGHTS_FILE)
+        for fname, data in (extra_files or {}).items():
+            (tmp / fname).write_bytes(data)
+        manifest = {
+            "name": name,
+            "kind": net.config.kind,
+            "factor": net.config.factor,
+            "network": net.config.to_dict(),
+            "dtype": str(dtype).removeprefix("torch."),
+            "sha256": sha256_file(tmp / WEIGHTS_FILE),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "training": training or {},
+        }
+        # Take the next free number; the rename fails if a concurrent publisher took it first, so retry.
+        while True:
+            # Count every numbered entry, manifest or not: renaming onto a non-empty leftover would fail forever.
+            version = max((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), default=0) + 1
+            manifest["version"] = version
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            try:
+                os.rename(tmp, model_dir / str(version))
+                break
+            except OSError:
+                if not (model_dir / str(version)).exists():
+                    raise
+        _fsync_dir(model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ModelVersion(name, version, model_dir / str(version), manifest)
+
+
+def sr_model_name(factor: int) -> str:
+    """The model that serves `upscale` at this factor (the feature-loss network, as in the paper's figures)."""
+    return f"sr_x{factor}"

@@ -1,0 +1,19 @@
+"""The `percept` command: one entry point for training, evaluation, inference and the model store."""
+
+from __future__ import annotations
+
+import typer
+
+from model_store.cli import models_app, stylize, upscale
+from trainer.cli import eval_app, optimize, train_app
+
+app = typer.Typer(help="percept: perceptual-loss style transfer and super-resolution.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+app.add_typer(models_app, name="models")
+app.command("optimize")(optimize)
+app.command("stylize")(stylize)
+app.command("upscale")(upscale)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,208 @@
+"""`percept train|optimize|eval|stylize|upscale`: the trainer's command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from trainer.settings import settings
+
+train_app = typer.Typer(help="Train style and super-resolution networks.", no_args_is_help=True)
+eval_app = typer.Typer(help="The paper's evaluations.", no_args_is_help=True)
+
+Device = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
+
+
+def _run(cfg: Any, resume: Path | None, overrides: dict[str, Any]) -> None:
+    from trainer.train import resume_config, train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if resume:
+        cfg = resume_config(resume, **overrides)
+    summary = train(cfg, resume=resume)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _common(name: str, data: Path | None, iterations: int | None, batch_size: int, preset: str, width: float,
+            lr: float, seed: int, device: str, amp: bool, workers: int, run_dir: Path | None, publish: bool,
+            checkpoint_every: int, preview_every: int, val_every: int) -> dict[str, Any]:
+    return dict(name=name, data=str(data or settings().data_dir), iterations=iterations or 40_000,
+                batch_size=batch_size, preset=preset, width=width, lr=lr, seed=seed, device=device, amp=amp,
+                workers=workers, run_dir=str(run_dir) if run_dir else None, publish=publish,
+                checkpoint_every=checkpoint_every, preview_every=preview_every, val_every=val_every)
+
+
+@train_app.command("style")
+def train_style(
+    style_image: Path = typer.Option(None, "--style-image", exists=True, dir_okay=False, help="The style image."),
+    name: str = typer.Option(None, "--name", help="Model name (also the run folder's name)."),
+    data: Path = typer.Option(None, "--data", help="Folder of training photos (recursive). (default: shared/data/train)"),
+    iterations: int = typer.Option(None, "--iterations", help="Total iterations. (default: 40000)"),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    image_size: int = typer.Option(256, "--image-size", help="Training crop side."),
+    style_size: int = typer.Option(None, "--style-size", help="Longer side of the style image. (default: own, <=512)"),
+    content_weight: float = typer.Option(None, "--content-weight", help="lambda_c (default: 1.0)"),
+    style_weight: float = typer.Option(None, "--style-weight", help="lambda_s (default: 1e-4)"),
+    tv_weight: float = typer.Option(None, "--tv-weight", help="lambda_TV (default: 1e-5)"),
+    preset: str = typer.Option("modern", "--preset", help="modern | paper"),
+    width: float = typer.Option(1.0, "--width", help="Channel width multiplier (0.5 = small model)."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = Device,
+    amp: bool = typer.Option(False, "--amp", help="CUDA mixed precision (bf16, else fp16), with an fp32 fallback."),
+    workers: int = typer.Option(2, "--workers", help="Data loader processes."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="(default: runs/NAME)"),
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+    preview_every: int = typer.Option(500, "--preview-every"),
+    val_every: int = typer.Option(500, "--val-every"),
+    publish: bool = typer.Option(False, "--publish", help="Publish to the model store when the run completes."),
+    resume: Path = typer.Option(None, "--resume", exists=True, help="Continue from this checkpoint."),
+) -> None:
+    """Train a style network (content relu2_2; style relu1_2, relu2_2, relu3_3, relu4_3; TV)."""
+    from trainer.train import STYLE_DEFAULTS, TrainConfig
+
+    if resume:
+        return _run(None, resume, dict(iterations=iterations, publish=publish or None, device=device, workers=workers))
+    if not style_image or not name:
+        raise typer.BadParameter("--style-image and --name are required (or --resume CHECKPOINT)")
+    cfg = TrainConfig(
+        task="style", style_image=str(style_image), image_size=image_size, style_size=style_size,
+        content_weight=STYLE_DEFAULTS.content if content_weight is None else content_weight,
+        style_weight=STYLE_DEFAULTS.style if style_weight is None else style_weight,
+        tv_weight=STYLE_DEFAULTS.tv if tv_weight is None else tv_weight,
+        **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
+                  publish, checkpoint_every, preview_every, val_every),
+    )
+    _run(cfg, None, {})
+
+
+@train_app.command("sr")
+def train_sr(
+    factor: int = typer.Option(4, "--factor", help="4 | 8"),
+    loss: str = typer.Option("feat", "--loss", help="feat (relu2_2 feature loss) | pixel (the baseline)"),
+    name: str = typer.Option(None, "--name"),
+    data: Path = typer.Option(None, "--data", help="Folder of training photos (recursive)."),
+    iterations: int = typer.Option(None, "--iterations", help="(default: 40000)"),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    image_size: int = typer.Option(288, "--image-size", help="HR patch side."),
+    tv_weight: float = typer.Option(0.0, "--tv-weight"),
+    preset: str = typer.Option("modern", "--preset", help="modern | paper"),
+    width: float = typer.Option(1.0, "--width"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = Device,
+    amp: bool = typer.Option(False, "--amp"),
+    workers: int = typer.Option(2, "--workers"),
+    run_dir: Path = typer.Option(None, "--run-dir"),
+    checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
+    preview_every: int = typer.Option(500, "--preview-every"),
+    val_every: int = typer.Option(500, "--val-every"),
+    publish: bool = typer.Option(False, "--publish"),
+    resume: Path = typer.Option(None, "--resume", exists=True),
+) -> None:
+    """Train a super-resolution network on 288x288 patches (LR = blur sigma 1 + bicubic downsampling)."""
+    from trainer.train import TrainConfig
+
+    if resume:
+        return _run(None, resume, dict(iterations=iterations, publish=publish or None, device=device, workers=workers))
+    if factor not in (4, 8) or loss not in ("feat", "pixel"):
+        raise typer.BadParameter("--factor must be 4 or 8 and --loss feat or pixel")
+    if not name:
+        raise typer.BadParameter("--name is required (or --resume CHECKPOINT)")
+    cfg = TrainConfig(
+        task="sr", factor=factor, loss=loss, image_size=image_size, tv_weight=tv_weight, content_weight=1.0,
+        **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
+                  publish, checkpoint_every, preview_every, val_every),
+    )
+    _run(cfg, None, {})
+
+
+def optimize(
+    content: Path = typer.Option(..., "--content", exists=True, dir_okay=False),
+    style: Path = typer.Option(..., "--style", exists=True, dir_okay=False),
+    output: Path = typer.Option(..., "--output", help="Where to write the optimized image."),
+    iterations: int = typer.Option(500, "--iterations"),
+    image_size: int = typer.Option(256, "--image-size", help="Longer side of the content image."),
+    style_size: int = typer.Option(None, "--style-size", help="(default: own, <=512)"),
+    content_weight: float = typer.Option(None, "--content-weight"),
+    style_weight: float = typer.Option(None, "--style-weight"),
+    tv_weight: float = typer.Option(None, "--tv-weight"),
+    print_every: int = typer.Option(50, "--print-every"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = Device,
+    as_json: bool = typer.Option(False, "--json", help="Print the objective trace as JSON."),
+) -> None:
+    """The Gatys et al. baseline: L-BFGS from white noise, projected to [0, 255] after every step."""
+    from model_store.images import load_image, save_image
+    from trainer.gatys import optimize as run_gatys
+    from trainer.losses import StyleObjective, StyleWeights
+    from trainer.train import STYLE_DEFAULTS, resolve_device
+    from trainer.vgg import load_loss_network
+
+    dev = resolve_device(device)
+    c = load_image(content, max_side=image_size).to(dev)
+    s = load_image(style, max_side=style_size or 512).to(dev)
+    weights = StyleWeights(
+        STYLE_DEFAULTS.content if content_weight is None else content_weight,
+        STYLE_DEFAULTS.style if style_weight is None else style_weight,
+        STYLE_DEFAULTS.tv if tv_weight is None else tv_weight,
+    )
+    objective = StyleObjective(load_loss_network().to(dev), s, weights)
+
+    def show(i: int, value: float) -> None:
+        if not as_json and (i % print_every == 0 or i == iterations):
+            typer.echo(f"iteration {i:5d}  objective {value:.6g}")
+
+    result = run_gatys(objective, c, iterations, seed=seed, on_iteration=show)
+    save_image(result.image, output)
+    if as_json:
+        typer.echo(json.dumps({"output": str(output), "weights": weights.__dict__, "objective": result.objective,
+                               "seconds": [round(t, 4) for t in result.seconds]}))
+    else:
+        typer.echo(f"wrote {output} ({result.seconds[-1]:.1f} s)")
+
+
+@eval_app.command("sr")
+def eval_sr(
+    model: str = typer.Option(..., "--model", help="SR model name, or 'bicubic' for the baseline."),
+    factor: int = typer.Option(4, "--factor", help="4 | 8"),
+    data: list[Path] = typer.Option(..., "--data", exists=True, file_okay=False, help="HR image folder(s)."),
+    degradation: str = typer.Option("paper", "--degradation", help="paper (blur sigma 1 + bicubic) | standard"),
+    histmatch: bool = typer.Option(False, "--histmatch", help="Match outputs' histograms to the LR inputs."),
+    device: str = typer.Option("cpu", "--device"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """PSNR / SSIM on the Y channel (BT.601), `factor` border pixels shaved, averaged over each folder."""
+    from trainer.evaluate import evaluate_sr, format_sr_table
+
+    try:
+        results = [evaluate_sr(model, factor, d, degradation, histmatch, device) for d in data]
+    except (ValueError, LookupError) as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo(json.dumps(results, indent=2) if as_json else format_sr_table(results))
+
+
+@eval_app.command("style")
+def eval_style(
+    model: str = typer.Option(..., "--model", help="Style model name."),
+    content_dir: Path = typer.Option(..., "--content-dir", exists=True, file_okay=False),
+    gatys_iterations: str = typer.Option("50,100,300,500", "--gatys-iterations"),
+    image_size: int = typer.Option(256, "--image-size", help="Longer side of each content image."),
+    limit: int = typer.Option(None, "--limit", help="Use only the first N content images."),
+    device: str = Device,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The network's objective in one pass vs the Gatys optimizer's after N iterations (the paper's Fig. 5)."""
+    from trainer.evaluate import evaluate_style, format_style_table
+    from trainer.train import resolve_device
+
+    iters = tuple(sorted(int(n) for n in gatys_iterations.split(",") if n.strip()))
+    try:
+        result = evaluate_style(model, content_dir, iters, image_size, limit, str(resolve_device(device)))
+    except (ValueError, LookupError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo(json.dumps(result, indent=2) if as_json else format_style_table([result]))

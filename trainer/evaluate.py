@@ -1,0 +1,216 @@
+"""The paper's evaluations. Super-resolution: Y-channel PSNR/SSIM of a stored SR model (or the bicubic baseline) on a folder
+of HR images such as Set5 or Set14, and a plain-text table in the layout of Johnson et al.'s Table 2.
+
+Per image: the HR original is cropped to a multiple of the factor, degraded to LR (`trainer.data.degrade`),
+upscaled again (bicubic or the network) and compared with the HR image on Y, shaving `factor` pixels per side.
+
+Degradations:
+- ``paper``: Gaussian blur sigma 1.0 before bicubic downsampling, as Johnson et al. trained and tested.
+- ``standard``: bicubic downsampling only, the protocol of the SR literature's tables (SRCNN, VDSR, ...).
+
+Style: the objective a style network reaches in one forward pass against the Gatys optimizer's after N
+iterations on the same images (the paper's Fig. 5), see `evaluate_style`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model_store import store
+from model_store.images import load_image
+from model_store.inference import run
+from model_store.store import STYLE_FILE
+from trainer.data import crop_to_multiple, degrade, find_images, upsample_bicubic
+from trainer.metrics import mean_gradient_magnitude, psnr_y, ssim_y
+
+BICUBIC = "bicubic"
+BLUR_SIGMA = {"paper": 1.0, "standard": 0.0}
+METRICS = ("psnr", "ssim", "grad_sr", "grad_hr")
+
+
+def _load_sr_model(model: str, factor: int, device: str):
+    net, entry = store.load(model, device=device)
+    config = net.config
+    if config.kind != "sr":
+        raise ValueError(f"model {model!r} (v{entry.version}) is a {config.kind} network, not a super-resolution one")
+    if config.factor != factor:
+        raise ValueError(
+            f"model {model!r} (v{entry.version}) upscales by x{config.factor}, but x{factor} was requested"
+        )
+    return net, entry
+
+
+def evaluate_sr(
+    model: str,
+    factor: int,
+    data_dir: str | Path,
+    degradation: str = "paper",
+    histmatch: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate `model` (a model-store name, or "bicubic" for the baseline) at x`factor` on `data_dir`.
+
+    Returns ``{"model", "version", "factor", "dataset", "degradation", "histmatch", "images": [rows],
+    "psnr", "ssim", "grad_sr", "grad_hr"}``; each row has ``image`` (file name) and the four metrics, and the
+    top-level metrics are their means over the images.
+    """
+    if degradation not in BLUR_SIGMA:
+        raise ValueError(f"degradation must be one of {sorted(BLUR_SIGMA)}, got {degradation!r}")
+    if factor < 2:
+        raise ValueError(f"factor must be >= 2, got {factor}")
+    net, version = None, None
+    if model != BICUBIC:
+        net, entry = _load_sr_model(model, factor, device)
+        version = entry.version
+
+    rows = []
+    for path in find_images(data_dir):
+        hr = crop_to_multiple(load_image(path), factor)
+        lr = degrade(hr, factor, blur_sigma=BLUR_SIGMA[degradation])
+        sr = upsample_bicubic(lr, factor) if net is None else run(net, lr, histmatch=histmatch)
+        rows.append(
+            {
+                "image": path.name,
+                "psnr": psnr_y(sr, hr, border=factor),
+                "ssim": ssim_y(sr, hr, border=factor),
+                "grad_sr": mean_gradient_magnitude(sr),
+                "grad_hr": mean_gradient_magnitude(hr),
+            }
+        )
+
+    result: dict[str, Any] = {
+        "model": model,
+        "version": version,
+        "factor": factor,
+        "dataset": Path(data_dir).name,
+        "degradation": degradation,
+        # Histogram matching only applies to network outputs; the baseline ignores it.
+        "histmatch": histmatch and net is not None,
+        "images": rows,
+    }
+    result.update({k: sum(r[k] for r in rows) / len(rows) for k in METRICS})
+    return result
+
+
+def _method(result: dict[str, Any]) -> str:
+    name = result["model"]
+    if result.get("version") is not None:
+        name += f" v{result['version']}"
+    return name + (" +hm" if result.get("histmatch") else "")
+
+
+def _row(result: dict[str, Any]) -> str:
+    row = f"{result['dataset']} x{result['factor']}"
+    return row if result.get("degradation", "paper") == "paper" else f"{row} ({result['degradation']})"
+
+
+def format_sr_table(results: list[dict[str, Any]]) -> str:
+    """Results of `evaluate_sr` as a plain-text table: one row per dataset and factor, one column per method,
+    cells "PSNR / SSIM" (as in Johnson et al., Table 2). Rows and columns keep their first-seen order."""
+    rows: list[str] = []
+    methods: list[str] = []
+    cells: dict[tuple[str, str], str] = {}
+    for r in results:
+        row, method = _row(r), _method(r)
+        if row not in rows:
+            rows.append(row)
+        if method not in methods:
+            methods.append(method)
+        cells[row, method] = f"{r['psnr']:.2f} / {r['ssim']:.4f}"
+
+    header = ["", *methods]
+    body = [[row, *(cells.get((row, m), "-") for m in methods)] for row in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def fmt(line: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), sep, *(fmt(line) for line in body), "(Y-channel PSNR dB / SSIM)"])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate_style(
+    model: str,
+    content_dir: str | Path,
+    gatys_iterations: tuple[int, ...] = (50, 100, 300, 500),
+    image_size: int = 256,
+    limit: int | None = None,
+    device: str = "cpu",
+    vgg_weights: str | Path | None = None,
+) -> dict[str, Any]:
+    """The paper's Fig. 5 comparison for a style model: on each content image (longer side `image_size`), the
+    objective lambda_c*content + lambda_s*style + lambda_TV*TV (the model's own training weights and style
+    image) of the network's output, next to the Gatys optimizer's after each of `gatys_iterations`, with the
+    time each took."""
+    from trainer.gatys import optimize
+    from trainer.losses import StyleObjective, StyleWeights
+    from trainer.vgg import load_loss_network
+
+    dev = torch.device(device)
+    net, entry = store.load(model, device=dev)
+    if net.config.kind != "style":
+        raise ValueError(f"model {model!r} is a {net.config.kind} network, not a style one")
+    facts = entry.manifest.get("training", {})
+    style_path = entry.path / STYLE_FILE
+    if not style_path.is_file():
+        raise FileNotFoundError(f"{model} v{entry.version} has no {STYLE_FILE}: cannot rebuild its objective")
+    weights = StyleWeights(facts["content_weight"], facts["style_weight"], facts["tv_weight"])
+    objective = StyleObjective(load_loss_network(vgg_weights).to(dev), load_image(style_path).to(dev), weights)
+    rows = []
+    for path in find_images(content_dir)[:limit]:
+        content = load_image(path, max_side=image_size).to(dev)
+        run(net, content)  # warm-up: the first pass at a size pays for allocation and kernel selection
+        _sync(dev)
+        start = time.perf_counter()
+        out = run(net, content)
+        _sync(dev)
+        net_seconds = time.perf_counter() - start
+        with torch.no_grad():
+            net_value = objective(out, objective.content_features(content))["total"].item()
+        gatys = optimize(objective, content, max(gatys_iterations))
+        rows.append({
+            "image": path.name,
+            "size": list(content.shape[-2:]),
+            "network": net_value,
+            "network_seconds": net_seconds,
+            "gatys": {n: gatys.objective[min(n, len(gatys.objective) - 1)] for n in gatys_iterations},
+            "gatys_seconds": {n: gatys.seconds[min(n, len(gatys.seconds) - 1)] for n in gatys_iterations},
+        })
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "model": model,
+        "version": entry.version,
+        "weights": weights.__dict__,
+        "image_size": image_size,
+        "images": rows,
+        "network": mean([r["network"] for r in rows]),
+        "network_seconds": mean([r["network_seconds"] for r in rows]),
+        "gatys": {n: mean([r["gatys"][n] for r in rows]) for n in gatys_iterations},
+        "gatys_seconds": {n: mean([r["gatys_seconds"][n] for r in rows]) for n in gatys_iterations},
+    }
+
+
+def format_style_table(results: list[dict[str, Any]]) -> str:
+    """Mean objective (and seconds) of each style network next to the Gatys optimizer's after N iterations."""
+    iters = list(results[0]["gatys"]) if results else []
+    header = ["model", "network", *(f"gatys@{n}" for n in iters)]
+    body = []
+    for r in results:
+        cells = [f"{r['model']} v{r['version']}", f"{r['network']:.4g} ({r['network_seconds']:.3f}s)"]
+        cells += [f"{r['gatys'][n]:.4g} ({r['gatys_seconds'][n]:.1f}s)" for n in iters]
+        body.append(cells)
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([*lines, "(objective = content + style + TV at the model's training weights; lower is better)"])

@@ -1,0 +1,463 @@
+"""The training loop for style and super-resolution networks.
+
+One function, `train(config)`, runs both tasks: Adam on a `TransformNet`, VGG-16 perceptual losses, a progress
+bar with every loss term, previews of fixed images, a JSONL loss log and its plot, periodic checkpoints,
+exact resume, a checkpoint on Ctrl-C, mixed precision and DDP (``torchrun``) on CUDA or, for tests, gloo on CPU.
+
+A run directory holds::
+
+    config.json  log.jsonl  losses.png  previews/iter_NNNNNN.png  checkpoints/last.pt (+ iter_NNNNNN.pt)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model_store import store
+from model_store.images import load_image, save_image, to_pil
+from model_store.networks import NetworkConfig, TransformNet, build_network
+from trainer import data
+from trainer.losses import CONTENT_LAYER, StyleObjective, StyleWeights, feature_loss, pixel_loss, tv_loss
+from trainer.settings import settings
+from trainer.vgg import LossNetwork, load_loss_network
+
+log = logging.getLogger(__name__)
+
+# Defaults chosen with the shared (caffe-convention) VGG-16; see docs/training.md for how.
+STYLE_DEFAULTS = StyleWeights(content=1.0, style=1e-4, tv=1e-5)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run; saved in the run folder and in checkpoints."""
+
+    task: Literal["style", "sr"]
+    name: str
+    style_image: str | None = None
+    factor: int = 4
+    loss: Literal["feat", "pixel"] = "feat"
+    data: str = field(default_factory=lambda: str(settings().data_dir))
+    iterations: int = 40_000
+    batch_size: int = 4
+    image_size: int = 256  # style crops; SR uses 288x288 HR patches unless set
+    style_size: int | None = None  # None: the style image's own size, capped at 512 px
+    content_weight: float = STYLE_DEFAULTS.content
+    style_weight: float = STYLE_DEFAULTS.style
+    tv_weight: float = STYLE_DEFAULTS.tv
+    preset: Literal["paper", "modern"] = "modern"
+    width: float = 1.0
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    channels_last: bool = True  # CUDA only
+    workers: int = 2
+    val_images: int = 16
+    val_every: int = 500
+    preview_every: int = 500
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    run_dir: str | None = None
+    vgg_weights: str | None = None
+    random_vgg: bool = False  # tests only: an untrained loss network
+    publish: bool = False
+
+    def network_config(self) -> NetworkConfig:
+        if self.task == "style":
+            return NetworkConfig(kind="style", preset=self.preset, width=self.width)
+        return NetworkConfig(kind="sr", preset=self.preset, width=self.width, factor=self.factor)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_style_image(cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """The style image as the run sees it: longer side `style_size` exactly, else its own size capped at 512."""
+    assert cfg.style_image
+    style = load_image(cfg.style_image, max_side=cfg.style_size or 512)
+    if cfg.style_size and max(style.shape[-2:]) != cfg.style_size:
+        scale = cfg.style_size / max(style.shape[-2:])
+        style = torch.nn.functional.interpolate(style, scale_factor=scale, mode="bicubic", antialias=True)
+        style = style.clamp(0, 255).round()  # whole grey levels, so the stored PNG is exactly what was used
+    return style.to(device)
+
+
+class Losses:
+    """Computes the weighted loss terms of one batch for the run's task."""
+
+    def __init__(self, cfg: TrainConfig, vgg: LossNetwork, device: torch.device):
+        self.cfg = cfg
+        self.vgg = vgg
+        self.style: StyleObjective | None = None
+        if cfg.task == "style":
+            if not cfg.style_image:
+                raise ValueError("style training needs --style-image")
+            style = load_style_image(cfg, device)
+            weights = StyleWeights(cfg.content_weight, cfg.style_weight, cfg.tv_weight)
+            self.style = StyleObjective(vgg, style, weights)
+
+    def inputs_and_targets(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.task == "style":
+            return batch, batch
+        return data.degrade(batch, self.cfg.factor), batch
+
+    def __call__(self, y: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.style is not None:
+            return self.style(y, self.style.content_features(target))
+        if self.cfg.loss == "pixel":
+            terms = {"pixel": pixel_loss(y.float(), target)}
+        else:
+            with torch.no_grad():
+                t = self.vgg(target, (CONTENT_LAYER,))[CONTENT_LAYER]
+            terms = {"feat": self.cfg.content_weight * feature_loss(self.vgg(y, (CONTENT_LAYER,))[CONTENT_LAYER], t)}
+        if self.cfg.tv_weight:
+            terms["tv"] = self.cfg.tv_weight * tv_loss(y.float())
+        terms["total"] = sum(terms.values())  # type: ignore[assignment]
+        return terms
+
+
+def _save_checkpoint(path: Path, net: TransformNet, opt: torch.optim.Optimizer, iteration: int,
+                     cfg: TrainConfig, scaler: torch.amp.GradScaler | None, extra: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "model": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scaler": scaler.state_dict() if scaler else None,
+        "iteration": iteration,
+        "config": json.dumps(cfg.to_dict()),
+        "network": json.dumps(net.config.to_dict()),
+        "extra": json.dumps(extra),
+    }, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint behind
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint without unpickling arbitrary objects."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("config", "network", "extra"):
+        ckpt[key] = json.loads(ckpt[key])
+    return ckpt
+
+
+def network_from_checkpoint(path: str | Path) -> tuple[TransformNet, dict[str, Any]]:
+    ckpt = load_checkpoint(path)
+    net = build_network(ckpt["network"])
+    net.load_state_dict(ckpt["model"])
+    return net.eval(), ckpt
+
+
+def _preview_images(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Up to four fixed images (inputs, references) shown at every preview, all the same size."""
+    folder = settings().preview_dir
+    if not folder.is_dir():
+        return None
+    files = data.find_images(folder)[:4]
+    size = cfg.image_size if cfg.task == "style" else 288
+    refs = torch.stack([data.CropDataset(files, size, resize=True)[i] for i in range(len(files))]).to(device)
+    if cfg.task == "style":
+        return refs, refs
+    size -= size % cfg.factor
+    refs = refs[..., :size, :size]
+    return data.degrade(refs, cfg.factor), refs
+
+
+def _save_preview(path: Path, net: TransformNet, previews: tuple[torch.Tensor, torch.Tensor], factor: int) -> None:
+    inputs, refs = previews
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        out = net(inputs).clamp(0, 255)
+    net.train(was_training)
+    shown = inputs if factor == 1 else data.upsample_bicubic(inputs, factor)
+    rows = torch.cat([torch.cat(list(shown), 2), torch.cat(list(out), 2)], 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(rows).save(path)
+
+
+def plot_losses(log_path: Path, out: Path) -> None:
+    """PNG of every loss term (train and validation) against the iteration, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for line in log_path.read_text().splitlines():
+        rec = json.loads(line)
+        for k, v in rec.items():
+            if k not in ("iteration", "time", "it_per_s", "lr") and isinstance(v, (int, float)) and v > 0:
+                xs, ys = series.setdefault(k, ([], []))
+                xs.append(rec["iteration"])
+                ys.append(v)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for k, (xs, ys) in sorted(series.items()):
+        ax.plot(xs, ys, label=k, marker="o" if k.startswith("val_") else None, markersize=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("weighted loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def _validate(net: TransformNet, losses: Losses, val: list[torch.Tensor], device: torch.device) -> dict[str, float]:
+    net.eval()
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for batch in val:
+            x, t = losses.inputs_and_targets(batch.to(device))
+            for k, v in losses(net(x), t).items():
+                sums[k] = sums.get(k, 0.0) + v.item() / len(val)
+    net.train()
+    return {f"val_{k}": v for k, v in sums.items()}
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world size) from torchrun's environment; (0, 0, 1) without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 0, 1
+    return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def resume_config(checkpoint: str | Path, **overrides: Any) -> TrainConfig:
+    """The configuration a checkpoint was trained with; only its length and output options may change, so
+    that the resumed run is the run that was interrupted."""
+    allowed = {"iterations", "publish", "run_dir", "device", "workers", "checkpoint_every", "preview_every"}
+    if set(overrides) - allowed:
+        raise ValueError(f"a resumed run keeps its configuration; only {sorted(allowed)} can change")
+    cfg = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    return cfg
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
+    """Run a training run, or continue one from the checkpoint `resume` (use `resume_config` for its config).
+    Returns a summary: run dir, last losses, checkpoint, published model."""
+    ckpt = load_checkpoint(resume) if resume else None
+    start_iteration = ckpt["iteration"] if ckpt else 0
+
+    rank, local_rank, world = _distributed()
+    device = resolve_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    main_process = rank == 0
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    run_dir = Path(cfg.run_dir or settings().runs_dir / cfg.name)
+    cfg.run_dir = str(run_dir)
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    vgg = load_loss_network(cfg.vgg_weights, random_weights=cfg.random_vgg).to(device)
+    losses = Losses(cfg, vgg, device)
+    net = build_network(cfg.network_config()).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    amp_dtype = _amp_dtype(device) if cfg.amp else None
+    if cfg.amp and amp_dtype is None:
+        log.warning("--amp ignored on %s: mixed precision is for CUDA (bf16 on this CPU is far slower)", device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    if ckpt:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if scaler and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+    channels_last = cfg.channels_last and device.type == "cuda"
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        vgg = vgg.to(memory_format=torch.channels_last)
+    model: torch.nn.Module = net
+    if world > 1:
+        model = DistributedDataParallel(net, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    patch = cfg.image_size if cfg.task == "style" else (288 if cfg.image_size == 256 else cfg.image_size)
+    patch -= patch % max(cfg.factor if cfg.task == "sr" else 4, 1)
+    files = data.find_images(cfg.data, min_side=patch if cfg.task == "sr" else 64)
+    train_files, val_files = data.split(files, cfg.val_images)
+    dataset = data.CropDataset(train_files, patch, resize=cfg.task == "style")
+    sampler = data.SampleOrder(len(train_files), cfg.seed, start_iteration * cfg.batch_size * world, rank, world)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+    val_set = data.CropDataset(val_files, patch, resize=cfg.task == "style")
+    val_batches = [torch.stack([val_set[i] for i in range(j, min(j + cfg.batch_size, len(val_set)))])
+                   for j in range(0, len(val_set), cfg.batch_size)]
+    previews = _preview_images(cfg, device) if main_process else None
+
+    log_path = run_dir / "log.jsonl"
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    stop = {"requested": False}
+    old_handler = signal.getsignal(signal.SIGINT)
+    if main_process:
+        def _on_sigint(signum: int, frame: Any) -> None:
+            if stop["requested"]:  # a second Ctrl-C aborts at once
+                signal.signal(signal.SIGINT, old_handler)
+                raise KeyboardInterrupt
+            stop["requested"] = True
+            tqdm.write("Ctrl-C: finishing this iteration and saving a checkpoint (Ctrl-C again to abort)")
+        signal.signal(signal.SIGINT, _on_sigint)
+
+    iteration = start_iteration
+    last: dict[str, float] = {}
+    fp32_fallback = False
+    bad_steps = 0
+    started = time.perf_counter()
+    earlier_wall = ckpt["extra"].get("wall_seconds", 0.0) if ckpt else 0.0
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+    def facts() -> dict[str, Any]:
+        wall = earlier_wall + time.perf_counter() - started
+        return {"losses": last, "wall_seconds": round(wall, 1), "hardware": hardware}
+
+    bar = tqdm(total=cfg.iterations, initial=start_iteration, desc=f"{cfg.task} {cfg.name}", unit="it",
+               disable=not main_process, dynamic_ncols=True)
+    model.train()
+    try:
+        batches = iter(loader)
+        while iteration < cfg.iterations and not stop["requested"]:
+            try:
+                batch = next(batches).to(device, non_blocking=True)
+            except Exception:
+                if stop["requested"]:  # Ctrl-C in a terminal also stops the loader's workers
+                    break
+                raise
+            x, target = losses.inputs_and_targets(batch)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            use_amp = amp_dtype is not None and not fp32_fallback
+            ctx = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
+            with ctx:
+                y = model(x)
+                terms = losses(y.float(), target)
+            total = terms["total"]
+            if not torch.isfinite(total):
+                # Mixed precision overflowed (or the run diverged): skip the step; after a few in a row, drop to fp32.
+                bad_steps += 1
+                opt.zero_grad(set_to_none=True)
+                if use_amp and bad_steps >= 3:
+                    fp32_fallback = True
+                    tqdm.write("non-finite loss under autocast three times in a row: continuing in fp32")
+                elif not use_amp and bad_steps >= 10:
+                    raise FloatingPointError(f"loss is {total.item()} for 10 iterations in a row at {iteration}")
+                continue
+            bad_steps = 0
+            opt.zero_grad(set_to_none=True)
+            if scaler and use_amp:
+                scaler.scale(total).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                total.backward()
+                opt.step()
+            iteration += 1
+            bar.update(1)
+            if not main_process:
+                continue
+            last = {k: v.item() for k, v in terms.items()}
+            if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()})
+                rate = bar.format_dict.get("rate") or 0.0
+                rec = {"iteration": iteration, "time": round(time.perf_counter() - started, 3),
+                       "it_per_s": round(rate, 3), **last}
+                if cfg.val_every and val_batches and (iteration % cfg.val_every == 0 or iteration == cfg.iterations):
+                    rec.update(_validate(net, losses, val_batches, device))
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            if previews is not None and cfg.preview_every and iteration % cfg.preview_every == 0:
+                _save_preview(run_dir / "previews" / f"iter_{iteration:06d}.png", net, previews, net.config.factor)
+            if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0:
+                _save_checkpoint(ckpt_path, net, opt, iteration, cfg, scaler, facts())
+                plot_losses(log_path, run_dir / "losses.png")
+    finally:
+        bar.close()
+        if main_process:
+            signal.signal(signal.SIGINT, old_handler)
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "iteration": iteration, "losses": last}
+    if main_process:
+        _save_checkpoint(ckpt_path, net, opt, iteration, cfg, scaler, facts())
+        if log_path.exists():
+            plot_losses(log_path, run_dir / "losses.png")
+        if previews is not None:
+            _save_preview(run_dir / "previews" / "final.png", net, previews, net.config.factor)
+        summary["checkpoint"] = str(ckpt_path)
+        summary["interrupted"] = stop["requested"]
+        if cfg.publish and not stop["requested"]:
+            summary["published"] = publish_checkpoint(ckpt_path, cfg.name)
+    if world > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+def training_facts(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a manifest records about how a model was trained."""
+    cfg = ckpt["config"]
+    facts = {k: cfg[k] for k in ("task", "iterations", "batch_size", "image_size", "style_size", "content_weight",
+                                 "style_weight", "tv_weight", "lr", "seed", "loss", "factor", "amp")}
+    facts["iterations"] = ckpt["iteration"]
+    facts["style_image"] = Path(cfg["style_image"]).name if cfg.get("style_image") else None
+    facts["data"] = cfg["data"]
+    facts["final_losses"] = ckpt["extra"].get("losses", {})
+    facts["wall_seconds"] = ckpt["extra"].get("wall_seconds")
+    facts["hardware"] = ckpt["extra"].get("hardware")
+    return facts
+
+
+def publish_checkpoint(path: str | Path, name: str, half: bool = True) -> dict[str, Any]:
+    """Publish a checkpoint's network to the model store; a style model keeps its style image as trained."""
+    net, ckpt = network_from_checkpoint(path)
+    extra: dict[str, bytes] = {}
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    if cfg.task == "style" and cfg.style_image and Path(cfg.style_image).is_file():
+        buf = io.BytesIO()
+        to_pil(load_style_image(cfg, torch.device("cpu"))).save(buf, "PNG")
+        extra[store.STYLE_FILE] = buf.getvalue()
+    entry = store.publish(name, net, training_facts(ckpt), half=half, extra_files=extra)
+    return {"name": entry.name, "version": entry.version, "path": str(entry.path)}
