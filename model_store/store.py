@@ -151,7 +151,9 @@ def get(name: str, version: int | None = None) -> ModelVersion:
     return ModelVersion(name, version, path, manifest)
 
 
-def load(name: str, version: int | None = None, device: str | torch.device = "cpu") -> tuple[TransformNet, ModelVersion]:
+def load(
+    name: str, version: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[TransformNet, ModelVersion]:
     """Load a model in eval mode on `device` after checking its weights' sha256."""
     entry = get(name, version)
     actual = sha256_file(entry.weights_path)
@@ -202,7 +204,7 @@ def publish(
             "name": name,
             "kind": net.config.kind,
             "factor": net.config.factor,
-            "network": net.config.to_dict(),
+            "network": {**net.config.to_dict(), "norm": net.config.norm_layer},  # explicit: defaults may change
             "dtype": str(dtype).removeprefix("torch."),
             "sha256": sha256_file(tmp / WEIGHTS_FILE),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

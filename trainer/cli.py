@@ -40,7 +40,7 @@ def _common(name: str, data: Path | None, iterations: int | None, batch_size: in
 def train_style(
     style_image: Path = typer.Option(None, "--style-image", exists=True, dir_okay=False, help="The style image."),
     name: str = typer.Option(None, "--name", help="Model name (also the run folder's name)."),
-    data: Path = typer.Option(None, "--data", help="Folder of training photos (recursive). (default: shared/data/train)"),
+    data: Path = typer.Option(None, "--data", help="Training photos, recursive. (default: shared/data/train)"),
     iterations: int = typer.Option(None, "--iterations", help="Total iterations. (default: 40000)"),
     batch_size: int = typer.Option(4, "--batch-size"),
     image_size: int = typer.Option(256, "--image-size", help="Training crop side."),

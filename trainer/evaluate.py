@@ -1,5 +1,6 @@
-"""The paper's evaluations. Super-resolution: Y-channel PSNR/SSIM of a stored SR model (or the bicubic baseline) on a folder
-of HR images such as Set5 or Set14, and a plain-text table in the layout of Johnson et al.'s Table 2.
+"""The paper's evaluations. Super-resolution: Y-channel PSNR/SSIM of a stored SR model (or the bicubic
+baseline) on a folder of HR images such as Set5 or Set14, and a plain-text table laid out like Johnson et al.'s
+Table 2.
 
 Per image: the HR original is cropped to a multiple of the factor, degraded to LR (`trainer.data.degrade`),
 upscaled again (bicubic or the network) and compared with the HR image on Y, shaving `factor` pixels per side.

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model_store import store
-from model_store.images import load_image, save_image, to_pil
+from model_store.images import load_image, to_pil
 from model_store.networks import NetworkConfig, TransformNet, build_network
 from trainer import data
 from trainer.losses import CONTENT_LAYER, StyleObjective, StyleWeights, feature_loss, pixel_loss, tv_loss
@@ -439,10 +439,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
 def training_facts(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a manifest records about how a model was trained."""
     cfg = ckpt["config"]
-    facts = {k: cfg[k] for k in ("task", "iterations", "batch_size", "image_size", "style_size", "content_weight",
-                                 "style_weight", "tv_weight", "lr", "seed", "loss", "factor", "amp")}
+    task_keys = ("style_size", "content_weight", "style_weight") if cfg["task"] == "style" else ("loss", "factor")
+    facts = {k: cfg[k] for k in ("task", "batch_size", "image_size", "tv_weight", "lr", "seed", "amp", *task_keys)}
     facts["iterations"] = ckpt["iteration"]
-    facts["style_image"] = Path(cfg["style_image"]).name if cfg.get("style_image") else None
+    if cfg["task"] == "style":
+        facts["style_image"] = Path(cfg["style_image"]).name
     facts["data"] = cfg["data"]
     facts["final_losses"] = ckpt["extra"].get("losses", {})
     facts["wall_seconds"] = ckpt["extra"].get("wall_seconds")

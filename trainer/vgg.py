@@ -111,7 +111,11 @@ def load_loss_network(
     state = {k: v for k, v in state.items() if k.split(".")[0] in keys}
     expected = features.state_dict()
     missing = sorted(set(expected) - set(state))
-    wrong = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or wrong:
         raise LossNetworkError(
             f"{path} is not a VGG-16 conv1_1..conv4_3 state dict in torchvision's vgg16().features layout: "

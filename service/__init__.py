@@ -1,0 +1,1 @@
+"""The FastAPI HTTP service (issue 3)."""

@@ -1,0 +1,1 @@
+"""The Redis-fed batching inference workers (issue 3)."""
