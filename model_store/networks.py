@@ -49,6 +49,8 @@ class NetworkConfig:
             raise ValueError(f"super-resolution factor must be a power of two >= 2, got {self.factor}")
         if self.norm not in (None, "batch", "instance", "none"):
             raise ValueError(f"norm must be batch, instance or none, got {self.norm!r}")
+        # Stored configs name their norm explicitly, so a later change of defaults cannot change a saved model.
+        object.__setattr__(self, "norm", self.norm_layer)
         if not 0 < self.width <= 4:
             raise ValueError(f"width multiplier must be in (0, 4], got {self.width}")
 

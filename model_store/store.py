@@ -204,7 +204,7 @@ def publish(
             "name": name,
             "kind": net.config.kind,
             "factor": net.config.factor,
-            "network": {**net.config.to_dict(), "norm": net.config.norm_layer},  # explicit: defaults may change
+            "network": net.config.to_dict(),
             "dtype": str(dtype).removeprefix("torch."),
             "sha256": sha256_file(tmp / WEIGHTS_FILE),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
