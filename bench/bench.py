@@ -216,6 +216,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "threads": torch.get_num_threads(),
+        "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),  # other work on the machine skews CPU times
     }
 
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     print("percept speed benchmark" + (" (--quick)" if args.quick else ""))
     for k, v in info.items():
-        print(f"  {k:12} {v}")
+        print(f"  {k:13} {v}")
     print(flush=True)
     rows, ratios = [], []
     for name in devices[args.device]:
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += r
         ratios.append(extra)
     print(table(rows))
-    print()
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for e in ratios:
         print(f"{e['device']}: Gatys {GATYS_ITERATIONS} iterations / one forward pass at {e['size']}² = "
               f"{GATYS_ITERATIONS} x {e['gatys_ms_per_iter']:.1f} ms / {e['forward_ms']:.1f} ms = "

@@ -66,7 +66,9 @@ def _pairs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     return [(src, dst)]
 
 
-def _apply(model: str, src: Path, dst: Path, histmatch: bool, max_side: int | None, device: str) -> None:
+def _apply(
+    model: str, src: Path, dst: Path, histmatch: bool, max_side: int | None, device: str, factor: int = 1
+) -> None:
     from model_store.images import load_image, save_image
     from model_store.inference import run
 
@@ -74,6 +76,10 @@ def _apply(model: str, src: Path, dst: Path, histmatch: bool, max_side: int | No
         net, entry = store.load(model, device=device)
     except store.ModelStoreError as e:
         raise typer.BadParameter(str(e)) from e
+    if net.config.factor != factor:
+        what = "a style model" if net.config.factor == 1 else f"an x{net.config.factor} SR model"
+        raise typer.BadParameter(f"{model} is {what}; this command needs " + (
+            "a style model" if factor == 1 else f"an x{factor} SR model"))
     for a, b in _pairs(src, dst):
         save_image(run(net, load_image(a, max_side=max_side).to(device), histmatch=histmatch), b)
         typer.echo(f"{a} -> {b}  ({model} v{entry.version})")
@@ -99,4 +105,4 @@ def upscale(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Upscale images locally with a super-resolution model from the store."""
-    _apply(model or store.sr_model_name(factor), src, dst, histmatch, None, device)
+    _apply(model or store.sr_model_name(factor), src, dst, histmatch, None, device, factor)

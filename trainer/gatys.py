@@ -46,7 +46,7 @@ def optimize(
     generator = torch.Generator().manual_seed(seed)
     x0 = (torch.rand(shape, generator=generator) * 255.0).double().numpy().ravel()
     content_features = objective.content_features(content)
-    result = GatysResult(image=content)
+    result = GatysResult(image=torch.from_numpy(x0).view(shape).float().to(device))
 
     def value_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
         result.evaluations += 1
@@ -65,6 +65,8 @@ def optimize(
             on_iteration(i, value)
 
     record(value_and_grad(x0)[0])
+    if iterations <= 0:  # SciPy would still take one step
+        return result
     out = minimize(
         value_and_grad, x0, jac=True, method="L-BFGS-B", bounds=[(0.0, 255.0)] * x0.size,
         callback=lambda intermediate_result: record(float(intermediate_result.fun)),

@@ -415,7 +415,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
                 _save_preview(run_dir / "previews" / f"iter_{iteration:06d}.png", net, previews, net.config.factor)
             if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0:
                 _save_checkpoint(ckpt_path, net, opt, iteration, cfg, scaler, facts())
-                plot_losses(log_path, run_dir / "losses.png")
+                if log_path.exists():  # nothing logged yet when checkpoint_every < log_every
+                    plot_losses(log_path, run_dir / "losses.png")
     finally:
         bar.close()
         if main_process:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from torchvision.models import vgg16
+from torchvision.models.vgg import cfgs, make_layers
 
 from trainer.settings import settings
 
@@ -70,7 +70,8 @@ class LossNetwork(nn.Module):
 
 
 def _features() -> nn.Sequential:
-    features = vgg16(weights=None).features[: LAYERS["relu4_3"] + 1]
+    # vgg16().features without building (and randomly initializing) the 120M-parameter classifier.
+    features = make_layers(cfgs["D"])[: LAYERS["relu4_3"] + 1]
     for m in features:
         if isinstance(m, nn.ReLU):
             m.inplace = False  # the losses read intermediate activations
@@ -93,8 +94,9 @@ def load_loss_network(
     `random_weights=True` builds an untrained network and exists for tests only.
     """
     if random_weights:
-        torch.manual_seed(0)
-        return LossNetwork(_features(), convention or "caffe", "random (test only)")
+        with torch.random.fork_rng():  # reproducible, without touching the caller's random state
+            torch.manual_seed(0)
+            return LossNetwork(_features(), convention or "caffe", "random (test only)")
     cfg = settings()
     path = Path(path) if path else cfg.vgg_weights
     if not path.is_file():
