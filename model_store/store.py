@@ -235,3 +235,38 @@ def publish(
 def sr_model_name(factor: int) -> str:
     """The model that serves `upscale` at this factor (the feature-loss network, as in the paper's figures)."""
     return f"sr_x{factor}"
+
+
+def _writable_dir(name: str) -> Path:
+    model_dir = _model_dir(name)
+    if model_dir is None:
+        raise ModelNotFound(f"no model named {name!r}")
+    return model_dir
+
+
+def set_default(name: str, version: int | None) -> None:
+    """Pin the default version of `name` (None: back to the highest). Atomic (write then rename)."""
+    model_dir = _writable_dir(name)
+    pinned = model_dir / DEFAULT_FILE
+    if version is None:
+        pinned.unlink(missing_ok=True)
+        return
+    if version not in _versions_in(model_dir):
+        raise ModelNotFound(f"model {name!r} has no version {version} (versions: {_versions_in(model_dir)})")
+    tmp = model_dir / f".{DEFAULT_FILE}.tmp"
+    tmp.write_text(f"{version}\n")
+    os.replace(tmp, pinned)
+
+
+def delete_version(name: str, version: int) -> None:
+    """Remove one version. It is first renamed out of sight, so a reader never sees it half deleted."""
+    model_dir = _writable_dir(name)
+    path = model_dir / str(version)
+    if not (path / MANIFEST_FILE).is_file():
+        raise ModelNotFound(f"model {name!r} has no version {version} (versions: {_versions_in(model_dir)})")
+    trash = Path(tempfile.mkdtemp(prefix=f".deleted-{version}-", dir=model_dir))
+    os.rename(path, trash / "v")
+    shutil.rmtree(trash, ignore_errors=True)
+    pinned = model_dir / DEFAULT_FILE
+    if pinned.is_file() and pinned.read_text().strip() == str(version):
+        pinned.unlink()

@@ -1,0 +1,69 @@
+"""Dynamic batching: a full batch goes at once, a partial one when the delay expires, groups never mix."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from worker.batcher import collect
+from worker.queue import MemoryQueue
+
+
+def _collect(q: MemoryQueue, max_batch: int, delay_s: float, first_wait_ms: int = 200):
+    return collect(lambda n, ms: q.reserve("w", n, ms), lambda job: job, lambda job: (job.model, job.params["size"]),
+                   max_batch, delay_s, first_wait_ms)
+
+
+def test_full_batch_goes_at_once():
+    q = MemoryQueue()
+    for _ in range(4):
+        q.submit("muse", {"size": 64}, b"x")
+    start = time.monotonic()
+    batches = _collect(q, max_batch=4, delay_s=5.0)
+    assert time.monotonic() - start < 1.0  # did not wait for the 5 s delay
+    assert [len(b) for b in batches] == [4]
+
+
+def test_partial_batch_waits_for_the_delay_and_collects_late_arrivals():
+    q = MemoryQueue()
+    q.submit("muse", {"size": 64}, b"x")
+    threading.Timer(0.1, lambda: q.submit("muse", {"size": 64}, b"x")).start()
+    start = time.monotonic()
+    batches = _collect(q, max_batch=8, delay_s=0.4)
+    elapsed = time.monotonic() - start
+    assert [len(b) for b in batches] == [2]
+    assert 0.35 < elapsed < 2.0
+
+
+def test_groups_by_model_and_size():
+    q = MemoryQueue()
+    for model, size in [("muse", 64), ("muse", 32), ("wave", 64), ("muse", 64), ("muse", 64)]:
+        q.submit(model, {"size": size}, b"x")
+    batches = _collect(q, max_batch=4, delay_s=0.05)
+    assert sorted(len(b) for b in batches) == [1, 1, 3]
+    for b in batches:
+        assert len({(j.model, j.params["size"]) for j in b}) == 1
+
+
+def test_oversized_groups_are_split():
+    q = MemoryQueue()
+    for model in ["muse"] * 3 + ["wave"]:
+        q.submit(model, {"size": 64}, b"x")
+    threading.Timer(0.05, lambda: [q.submit("muse", {"size": 64}, b"x") for _ in range(4)]).start()
+    batches = _collect(q, max_batch=4, delay_s=0.5)
+    assert sorted(len(b) for b in batches) == [1, 3, 4]  # seven muse jobs -> 4 + 3
+
+
+def test_nothing_queued_returns_empty_after_first_wait():
+    start = time.monotonic()
+    assert _collect(MemoryQueue(), max_batch=4, delay_s=1.0, first_wait_ms=100) == []
+    assert time.monotonic() - start < 1.0
+
+
+def test_failed_preparation_is_dropped():
+    q = MemoryQueue()
+    for i in range(3):
+        q.submit("muse", {"size": 64, "bad": i == 1}, b"x")
+    batches = collect(lambda n, ms: q.reserve("w", n, ms), lambda j: None if j.params["bad"] else j,
+                      lambda j: j.model, 8, 0.05, 100)
+    assert [len(b) for b in batches] == [2]

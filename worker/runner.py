@@ -1,0 +1,261 @@
+"""The inference worker: resident models, dynamic batches, post-processing, results back to the queue.
+
+One `Worker` serves every model in the store. Models are loaded and warmed up at start and stay on the device
+(CUDA when present); a newly published default version is picked up within `reload_interval_s` without a
+restart; past `memory_budget_mb` the least recently used model is evicted. On CUDA, inference runs in fp16 with
+an fp32 retry when the output holds NaN/Inf.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from model_store import store
+from model_store.inference import match_histograms
+from model_store.networks import TransformNet
+from service import images
+from worker.batcher import collect
+from worker.queue import MemoryQueue, RedisQueue, Reserved
+from worker.settings import WorkerSettings
+from worker.tiling import run_tiled
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class ModelCache:
+    """Loaded models by name, least recently used first, within a byte budget."""
+
+    def __init__(self, device: torch.device, budget_bytes: float, half: bool):
+        self.device, self.budget, self.half = device, budget_bytes, half and device.type == "cuda"
+        self.models: OrderedDict[str, tuple[TransformNet, store.ModelVersion]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, name: str) -> tuple[TransformNet, store.ModelVersion]:
+        with self.lock:
+            if name in self.models:
+                self.models.move_to_end(name)
+                return self.models[name]
+        net, entry = store.load(name, device=self.device)
+        if self.device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        with self.lock:
+            self.models[name] = (net, entry)
+            while len(self.models) > 1 and self.used_bytes() > self.budget:
+                evicted, _ = self.models.popitem(last=False)
+                log.info("evicted %s (memory budget)", evicted)
+        return net, entry
+
+    def used_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for net, _ in self.models.values() for p in net.parameters())
+
+    def refresh(self) -> list[str]:
+        """Reload models whose default version changed since they were loaded."""
+        reloaded = []
+        for name, (_, entry) in list(self.models.items()):
+            try:
+                if store.default_version(name) != entry.version:
+                    with self.lock:
+                        self.models.pop(name, None)
+                    self.get(name)
+                    reloaded.append(name)
+            except store.ModelStoreError as e:
+                log.warning("cannot refresh %s: %s", name, e)
+        return reloaded
+
+
+@dataclass
+class Item:
+    """A decoded job ready for the network."""
+
+    job: Reserved
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None
+    input_format: str
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return self.job.model, self.rgb.shape[-2], self.rgb.shape[-1]
+
+
+class Worker:
+    def __init__(self, queue: MemoryQueue | RedisQueue, settings: WorkerSettings | None = None,
+                 worker_id: str | None = None):
+        self.queue = queue
+        self.settings = settings or WorkerSettings()
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident() % 10000}"
+        self.device = resolve_device(self.settings.device)
+        self.models = ModelCache(self.device, self.settings.memory_budget_mb * 2**20, self.settings.half)
+        self.counters = {"forward_passes": 0, "jobs_done": 0, "jobs_failed": 0, "batched_jobs": 0,
+                         "compute_ms": 0.0}
+        self.ready = False
+        self._last_reload = self._last_reclaim = self._last_heartbeat = 0.0
+
+    # Start-up -------------------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Load every model in the store and run each once per warm-up size (allocations, kernel choice)."""
+        sizes = [int(s) for s in self.settings.warmup_sizes.split(",") if s.strip()]
+        for name in store.list_models():
+            net, entry = self.models.get(name)
+            for size in sizes:
+                side = max(8, size // net.config.factor)
+                self._forward(net, torch.full((1, 3, side, side), 128.0, device=self.device))
+            log.info("loaded %s v%d on %s", name, entry.version, self.device)
+        self.ready = True
+        self.heartbeat(force=True)
+
+    # The loop ---------------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        if not self.ready:
+            self.warm_up()
+        while not stop.is_set():
+            try:
+                self.step(first_wait_ms=500)
+            except Exception:  # a broken batch must not take the worker down; its jobs were failed already
+                log.exception("worker step failed")
+                time.sleep(0.5)
+
+    def step(self, first_wait_ms: int = 1000) -> int:
+        """One cycle: housekeeping, one round of batches. Returns the number of jobs processed."""
+        now = time.monotonic()
+        if now - self._last_reload > self.settings.reload_interval_s:
+            self._last_reload = now
+            for name in self.models.refresh():
+                log.info("serving new version of %s", name)
+        stale: list[Reserved] = []
+        if now - self._last_reclaim > max(1.0, self.settings.visibility_timeout_s / 4):
+            self._last_reclaim = now
+            stale = self.queue.reclaim(self.id, int(self.settings.visibility_timeout_s * 1000))
+        self.heartbeat()
+        pending = list(stale)
+
+        def reserve(count: int, block_ms: int) -> list[Reserved]:
+            if pending:
+                taken = pending[:count]
+                del pending[:count]
+                return taken
+            return self.queue.reserve(self.id, count, block_ms)
+
+        batches = collect(reserve, self._prepare, lambda item: item.key, self.settings.max_batch_size,
+                          self.settings.max_batch_delay_ms / 1000, first_wait_ms)
+        for batch in batches:
+            self._run_batch(batch)
+        return sum(len(b) for b in batches)
+
+    def heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_heartbeat > self.settings.heartbeat_s:
+            self._last_heartbeat = now
+            loaded = {name: entry.version for name, (_, entry) in self.models.models.items()}
+            self.queue.heartbeat(self.id, {"ready": self.ready, "device": str(self.device), "models": loaded,
+                                           **self.counters})
+
+    # One batch --------------------------------------------------------------------------------------------
+    def _prepare(self, job: Reserved) -> Item | None:
+        try:
+            decoded = images.decode_upload(job.data, max_bytes=len(job.data) + 1,
+                                           max_pixels=job.params.get("max_pixels", 1 << 62))
+            if job.params.get("max_side"):
+                decoded = images.resize_max_side(decoded, int(job.params["max_side"]))
+            return Item(job, decoded.rgb, decoded.alpha, decoded.format)
+        except images.ImageError as e:
+            self._fail(job, e.message, retry=False)
+        except Exception as e:  # noqa: BLE001 - reported on the job, never silently dropped
+            self._fail(job, f"could not read the image: {e}", retry=False)
+        return None
+
+    def _forward(self, net: TransformNet, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        with torch.inference_mode():
+            if self.models.half:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    y = net(x.contiguous(memory_format=torch.channels_last)).float()
+                if torch.isfinite(y).all():
+                    return y
+                log.warning("fp16 output has NaN/Inf: recomputing in fp32")
+            return net(x).float()
+
+    def _run_batch(self, batch: list[Item]) -> None:
+        model = batch[0].job.model
+        try:
+            net, _ = self.models.get(model)
+        except store.ModelStoreError as e:
+            for item in batch:
+                self._fail(item.job, str(e), retry=False)
+            return
+        factor = net.config.factor
+        h, w = batch[0].rgb.shape[-2:]
+        start = time.perf_counter()
+        try:
+            if len(batch) == 1 and h * w * factor * factor > self.settings.tile_pixels:
+                outputs = [run_tiled(lambda t: self._forward(net, t).cpu(), batch[0].rgb, factor)]
+            else:
+                outputs = list(self._forward(net, torch.cat([i.rgb for i in batch])).cpu().split(1))
+        except Exception as e:  # e.g. CUDA out of memory: let another attempt (or worker) try
+            log.exception("forward pass failed for %s", model)
+            for item in batch:
+                self._fail(item.job, f"inference failed: {e}", retry=True)
+            return
+        compute_ms = (time.perf_counter() - start) * 1000
+        self.counters["forward_passes"] += 1
+        self.counters["batched_jobs"] += len(batch)
+        self.counters["compute_ms"] += compute_ms
+        for item, out in zip(batch, outputs, strict=True):
+            try:
+                data, media_type = self._postprocess(item, out.clamp(0, 255), factor)
+            except Exception as e:  # noqa: BLE001
+                self._fail(item.job, f"could not encode the result: {e}", retry=False)
+                continue
+            self.queue.complete(item.job, data, media_type, round(compute_ms, 3), len(batch))
+            self.counters["jobs_done"] += 1
+
+    def _postprocess(self, item: Item, out: torch.Tensor, factor: int) -> tuple[bytes, str]:
+        p = item.job.params
+        if factor == 1:
+            strength = float(p.get("strength", 1.0))
+            if p.get("preserve_color"):
+                out = images.preserve_color(out, item.rgb)
+            if strength < 1.0:
+                out = images.blend(out, item.rgb, strength)
+        elif p.get("histmatch"):
+            out = match_histograms(out, item.rgb)
+        rgba = images.attach_alpha(out, item.alpha, factor)
+        fmt = images.output_format(p.get("format"), item.input_format)
+        return images.encode(rgba, fmt, p.get("quality"))
+
+    def _fail(self, job: Reserved, error: str, retry: bool) -> None:
+        self.counters["jobs_failed"] += 0 if retry else 1
+        self.queue.fail(job, error, retry)
+
+
+def serve_forever(settings: WorkerSettings | None = None) -> None:
+    """`percept worker`: a worker process on the Redis queue until SIGTERM/SIGINT."""
+    import signal
+
+    from worker.queue import RedisQueue
+
+    settings = settings or WorkerSettings()
+    if not settings.redis_url:
+        raise SystemExit("REDIS_URL is not set: a standalone worker needs Redis (embedded mode is `percept serve`)")
+    queue = RedisQueue(settings.redis_url, ttl_s=settings.job_ttl_s, max_attempts=settings.max_attempts)
+    worker = Worker(queue, settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.warm_up()
+    log.info("worker %s ready on %s", worker.id, worker.device)
+    worker.run(stop)
