@@ -129,9 +129,8 @@ class MemoryQueue:
         with self._cond:
             while not self._queue:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._cond.wait(remaining):
-                    if not self._queue:
-                        return []
+                if (remaining <= 0 or not self._cond.wait(remaining)) and not self._queue:
+                    return []
             taken, self._queue = self._queue[:count], self._queue[count:]
             out = []
             for job_id in taken:
