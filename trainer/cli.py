@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,37 @@ eval_app = typer.Typer(help="The paper's evaluations.", no_args_is_help=True)
 Device = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
 
 
-def _run(cfg: Any, resume: Path | None, overrides: dict[str, Any]) -> None:
+Queue = typer.Option(False, "--queue", help="Enqueue the run on Redis (REDIS_URL) for an RQ training worker.")
+
+
+def _run(cfg: Any, resume: Path | None, overrides: dict[str, Any], queue: bool = False) -> None:
     from trainer.train import resume_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if resume:
         cfg = resume_config(resume, **overrides)
+    if queue:
+        from trainer.jobs import QUEUE_NAME, enqueue
+
+        redis_url = os.environ.get("REDIS_URL")
+        if not redis_url:
+            raise typer.BadParameter("--queue needs REDIS_URL (e.g. redis://localhost:6379/0)")
+        job_id = enqueue(cfg.to_dict(), redis_url, str(resume) if resume else None)
+        typer.echo(f"queued {job_id} on {QUEUE_NAME}; follow it with: percept train status {job_id}")
+        return
     summary = train(cfg, resume=resume)
     typer.echo(json.dumps(summary, indent=2))
+
+
+@train_app.command("status")
+def train_status(job_id: str) -> None:
+    """Status and progress of a queued training run (--queue)."""
+    from trainer.jobs import status
+
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        raise typer.BadParameter("REDIS_URL is not set")
+    typer.echo(json.dumps(status(job_id, redis_url), indent=2, default=str))
 
 
 def _common(name: str, data: Path | None, iterations: int | None, batch_size: int, preset: str, width: float,
@@ -61,12 +85,14 @@ def train_style(
     val_every: int = typer.Option(500, "--val-every"),
     publish: bool = typer.Option(False, "--publish", help="Publish to the model store when the run completes."),
     resume: Path = typer.Option(None, "--resume", exists=True, help="Continue from this checkpoint."),
+    queue: bool = Queue,
 ) -> None:
     """Train a style network (content relu2_2; style relu1_2, relu2_2, relu3_3, relu4_3; TV)."""
     from trainer.train import STYLE_DEFAULTS, TrainConfig
 
     if resume:
-        return _run(None, resume, dict(iterations=iterations, publish=publish or None, device=device, workers=workers))
+        overrides = dict(iterations=iterations, publish=publish or None, device=device, workers=workers)
+        return _run(None, resume, overrides, queue)
     if not style_image or not name:
         raise typer.BadParameter("--style-image and --name are required (or --resume CHECKPOINT)")
     cfg = TrainConfig(
@@ -77,7 +103,7 @@ def train_style(
         **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
                   publish, checkpoint_every, preview_every, val_every),
     )
-    _run(cfg, None, {})
+    _run(cfg, None, {}, queue)
 
 
 @train_app.command("sr")
@@ -103,12 +129,14 @@ def train_sr(
     val_every: int = typer.Option(500, "--val-every"),
     publish: bool = typer.Option(False, "--publish"),
     resume: Path = typer.Option(None, "--resume", exists=True),
+    queue: bool = Queue,
 ) -> None:
     """Train a super-resolution network on 288x288 patches (LR = blur sigma 1 + bicubic downsampling)."""
     from trainer.train import TrainConfig
 
     if resume:
-        return _run(None, resume, dict(iterations=iterations, publish=publish or None, device=device, workers=workers))
+        overrides = dict(iterations=iterations, publish=publish or None, device=device, workers=workers)
+        return _run(None, resume, overrides, queue)
     if factor not in (4, 8) or loss not in ("feat", "pixel"):
         raise typer.BadParameter("--factor must be 4 or 8 and --loss feat or pixel")
     if not name:
@@ -118,7 +146,7 @@ def train_sr(
         **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
                   publish, checkpoint_every, preview_every, val_every),
     )
-    _run(cfg, None, {})
+    _run(cfg, None, {}, queue)
 
 
 def optimize(

@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -271,9 +272,11 @@ def resume_config(checkpoint: str | Path, **overrides: Any) -> TrainConfig:
     return cfg
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, resume: str | Path | None = None, on_log: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Run a training run, or continue one from the checkpoint `resume` (use `resume_config` for its config).
-    Returns a summary: run dir, last losses, checkpoint, published model."""
+    Returns a summary: run dir, last losses, checkpoint, published model. `on_log` receives every log record."""
     ckpt = load_checkpoint(resume) if resume else None
     start_iteration = ckpt["iteration"] if ckpt else 0
 
@@ -411,6 +414,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
                     rec.update(_validate(net, losses, val_batches, device))
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
+                if on_log:
+                    on_log({**rec, "total_iterations": cfg.iterations})
             if previews is not None and cfg.preview_every and iteration % cfg.preview_every == 0:
                 _save_preview(run_dir / "previews" / f"iter_{iteration:06d}.png", net, previews, net.config.factor)
             if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0:
