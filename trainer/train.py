@@ -381,7 +381,13 @@ def train(
                 y = model(x)
                 terms = losses(y.float(), target)
             total = terms["total"]
-            if not torch.isfinite(total):
+            finite = bool(torch.isfinite(total))
+            if world > 1:
+                # Every rank must take the same branch (skip the step, stop) or the gradient all-reduce hangs.
+                flags = torch.tensor([float(not finite), float(stop["requested"])], device=device)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                finite, stop["requested"] = not flags[0].item(), bool(flags[1].item())
+            if not finite:
                 # Mixed precision overflowed (or the run diverged): skip the step; after a few in a row, drop to fp32.
                 bad_steps += 1
                 opt.zero_grad(set_to_none=True)

@@ -1,0 +1,150 @@
+"""The `percept` command line, in process: every command's help, evaluation, the Gatys optimizer, the model store
+and local inference with the built-in models."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from percept.cli import app
+
+BUILTIN_MODELS = ("muse", "starry_night", "wave", "candy", "mosaic", "udnie", "sr_x4", "sr_x8")
+COMMANDS = (
+    [], ["train"], ["train", "style"], ["train", "sr"], ["optimize"], ["eval"], ["eval", "sr"], ["eval", "style"],
+    ["models"], ["models", "list"], ["models", "show"], ["models", "publish"], ["stylize"], ["upscale"],
+)
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def random_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    small.resize((width, height), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def empty_store(tmp_store: Path) -> Path:
+    """Every test sees only the built-in models (and publishes nothing into the package)."""
+    return tmp_store
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "percept")
+def test_help(command: list[str]) -> None:
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+@pytest.fixture
+def set5_crops(shared_data: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "set5_tiny"
+    folder.mkdir()
+    for name in ("bird.png", "butterfly.png"):
+        with Image.open(shared_data / "sr" / "Set5" / name) as im:
+            im.crop((60, 60, 112, 108)).save(folder / name)
+    return folder
+
+
+def test_eval_sr_bicubic_table_and_json(set5_crops: Path) -> None:
+    result = invoke("eval", "sr", "--model", "bicubic", "--factor", "4", "--data", set5_crops)
+    assert result.exit_code == 0, result.output
+    assert "set5_tiny x4" in result.stdout and "bicubic" in result.stdout and "PSNR" in result.stdout
+    psnr, ssim = map(float, re.search(r"(\d+\.\d\d) / (\d\.\d{4})", result.stdout).groups())
+    assert 10 < psnr < 60 and 0 < ssim <= 1
+
+    result = invoke("eval", "sr", "--model", "bicubic", "--factor", "4", "--data", set5_crops, "--json")
+    assert result.exit_code == 0, result.output
+    (data,) = json.loads(result.stdout)
+    assert data["model"] == "bicubic" and data["factor"] == 4 and data["dataset"] == "set5_tiny"
+    assert [row["image"] for row in data["images"]] == ["bird.png", "butterfly.png"]
+    assert data["psnr"] == pytest.approx(psnr, abs=0.005)
+
+
+def test_eval_sr_rejects_a_style_model(set5_crops: Path) -> None:
+    result = invoke("eval", "sr", "--model", "muse", "--factor", "4", "--data", set5_crops)
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    assert "'muse'" in result.output and "not a super-resolution" in result.output and "Traceback" not in result.output
+
+
+def test_optimize_writes_image_and_trace(vgg_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERCEPT_VGG_WEIGHTS", str(vgg_weights))
+    content = random_image(tmp_path / "content.png", 48, 40, seed=1)
+    style = random_image(tmp_path / "style.png", 40, 40, seed=2)
+    out = tmp_path / "out" / "out.png"
+    result = invoke("optimize", "--content", content, "--style", style, "--iterations", "3", "--image-size", "32",
+                    "--output", out, "--json")
+    assert result.exit_code == 0, result.output
+    trace = json.loads(result.stdout)
+    assert trace["output"] == str(out)
+    assert len(trace["objective"]) == 4 and len(trace["seconds"]) == 4
+    assert trace["objective"][-1] < trace["objective"][0]
+    assert set(trace["weights"]) == {"content", "style", "tv"}
+    with Image.open(out) as im:
+        assert im.size == (32, 27)  # the content image shrunk to a longer side of 32
+
+
+def test_models_list_and_show() -> None:
+    result = invoke("models", "list")
+    assert result.exit_code == 0, result.output
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert set(BUILTIN_MODELS) <= set(listed)
+
+    result = invoke("models", "list", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert set(BUILTIN_MODELS) <= set(rows)
+    assert rows["muse"]["kind"] == "style" and rows["sr_x8"]["kind"] == "sr" and rows["sr_x8"]["factor"] == 8
+
+    result = invoke("models", "show", "sr_x4")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["name"] == "sr_x4" and manifest["factor"] == 4
+
+
+def test_stylize_keeps_the_size(tmp_path: Path) -> None:
+    src = random_image(tmp_path / "in.png", 40, 28)
+    dst = tmp_path / "out.png"
+    result = invoke("stylize", "--model", "muse", src, dst)
+    assert result.exit_code == 0, result.output
+    assert "muse v1" in result.stdout
+    with Image.open(dst) as im:
+        assert im.size == (40, 28) and im.mode == "RGB"
+
+
+def test_upscale_by_four(tmp_path: Path) -> None:
+    src = random_image(tmp_path / "in.png", 16, 12)
+    dst = tmp_path / "out.png"
+    result = invoke("upscale", "--factor", "4", src, dst)
+    assert result.exit_code == 0, result.output
+    assert "sr_x4" in result.stdout
+    with Image.open(dst) as im:
+        assert im.size == (64, 48)
+
+
+@pytest.mark.parametrize("command", [["stylize", "--model", "no_such_model"],
+                                     ["upscale", "--model", "no_such_model"]])
+def test_unknown_model_is_a_clean_error(command: list[str], tmp_path: Path) -> None:
+    src = random_image(tmp_path / "in.png", 16, 12)
+    result = invoke(*command, src, tmp_path / "out.png")
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit)  # a usage error, not an exception escaping the command
+    assert "no_such_model" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_models_show_unknown_model() -> None:
+    result = invoke("models", "show", "no_such_model")
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
+    assert "no_such_model" in result.output and "Traceback" not in result.output
