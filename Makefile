@@ -11,14 +11,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Until the HTTP service lands (issue 3), `run` applies the built-in models locally: every built-in style and
-# x4 super-resolution on the sample photo, written to out/.
-SAMPLE ?= ../shared/data/content/chicago.jpg
+# The service in embedded mode: API + in-process worker, no Redis, no GPU, the built-in models.
 run: $(BIN)/.installed
-	@mkdir -p out
-	@for m in $$($(BIN)/percept models list --json | $(BIN)/python -c "import json,sys; print(' '.join(r['name'] for r in json.load(sys.stdin) if r['kind'] == 'style'))"); do \
-		$(BIN)/percept stylize --model $$m --max-side 512 $(SAMPLE) out/$$m.jpg; done
-	$(BIN)/percept upscale --factor 4 $(SAMPLE) out/sr_x4.png
+	$(BIN)/percept serve
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -88,10 +88,9 @@ def bench_inference(net: TransformNet, device: torch.device, size: int, batch: i
                     fp16: bool = False) -> float:
     """Median ms per image of one forward pass."""
     x = images(batch, size, device)
-    ctx = torch.autocast("cuda", dtype=torch.float16) if fp16 else nullcontext()
 
     def step() -> None:
-        with torch.inference_mode(), ctx:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16) if fp16 else nullcontext():
             net(x)
 
     return 1000 * median_seconds(step, device, repeats, warmup) / batch
@@ -167,7 +166,7 @@ def bench_device(device: torch.device, quick: bool) -> tuple[list[dict[str, Any]
         precision = "fp16 autocast" if fp16 else "fp32"
         for size, batch in [(s, 1) for s in sizes] + [(base, 4)]:
             repeats = 30 if cuda else (2 if quick else max(3, 7 * base * base // (size * size)))
-            warmup = 5 if cuda else 1
+            warmup = 5 if cuda else 2
             ms = bench_inference(net, device, size, batch, repeats, warmup, fp16=fp16)
             rows.append(row(device, f"inference {precision}", size, batch, ms, "ms/image", repeats))
             if size == base and batch == 1 and not fp16:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from model_store.cli import models_app, stylize, upscale
+from service.cli import serve, worker
 from trainer.cli import eval_app, optimize, train_app
 
 app = typer.Typer(help="percept: perceptual-loss style transfer and super-resolution.", no_args_is_help=True)
@@ -14,6 +15,8 @@ app.add_typer(models_app, name="models")
 app.command("optimize")(optimize)
 app.command("stylize")(stylize)
 app.command("upscale")(upscale)
+app.command("serve")(serve)
+app.command("worker")(worker)
 
 if __name__ == "__main__":
     app()

@@ -258,6 +258,7 @@ class RedisQueue:
         if rec is None or rec["status"] != "queued":
             return False
         self._finish(job_id, "cancelled", error="cancelled by an administrator")
+        self._ack(rec.get("stream_id") or "")  # out of the stream now, so the depth no longer counts it
         return True
 
     def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:

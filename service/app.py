@@ -1,0 +1,152 @@
+"""The FastAPI application: `create_app` wires settings, the queue, metrics, error handlers and the routes.
+
+Embedded mode (no Redis URL): an in-memory queue and one worker thread in this process, started (with its model
+warm-up) in the app's lifespan and stopped on shutdown. Redis mode: the app only enqueues; `percept worker`
+processes do the inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import routes
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import ServiceState
+from service.settings import ServiceSettings
+from worker.queue import MemoryQueue, QueueFull, connect
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Fast neural style transfer and super-resolution with perceptual-loss networks
+(Johnson et al., ECCV 2016).
+
+Send an image as the raw body (`Content-Type: image/png`, `image/jpeg`, ...) or as the multipart field `file`.
+Synchronous calls answer with the image; a job that is not finished within `wait` seconds (or any call with
+`async=true`) answers 202 with the job and a `Location` to poll. Errors are JSON: `{"detail": "..."}`."""
+
+
+class EmbeddedWorker:
+    """A `worker.runner.Worker` on a daemon thread: warm-up, then the loop until `stop`."""
+
+    def __init__(self, queue: Any, state: ServiceState):
+        from worker.runner import Worker  # torch and the models load only where a worker runs
+        from worker.settings import WorkerSettings
+
+        worker_id = f"embedded-{socket.gethostname()}-{os.getpid()}"
+        self.worker = Worker(queue, WorkerSettings(), worker_id=worker_id)
+        self.state = state
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="percept-worker", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(self.stop_event)
+        except Exception as e:
+            log.exception("the embedded worker stopped")
+            self.state.worker_error = f"{type(e).__name__}: {e}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            log.warning("the embedded worker did not stop within %.0f s", timeout)
+
+
+def _plain(errors: list[dict[str, Any]]) -> str:
+    """FastAPI's validation errors as one sentence: "query parameter 'strength': Input should be <= 1"."""
+    parts = []
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ())]
+        where = ""
+        if loc and loc[0] in ("query", "path", "header", "body", "cookie"):
+            name = ".".join(loc[1:])
+            where = f"{loc[0]} parameter {name!r}: " if loc[0] != "body" else (f"body field {name!r}: " if name
+                                                                               else "body: ")
+        parts.append(where + str(err.get("msg", "invalid value")))
+    return "invalid request: " + "; ".join(parts) if parts else "invalid request"
+
+
+def _install_error_handlers(app: FastAPI, settings: ServiceSettings) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _plain(list(exc.errors()))}, status_code=422)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse({"detail": f"the service is busy ({exc}); try again shortly"}, status_code=503,
+                            headers={"Retry-After": str(settings.retry_after_s)})
+
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:  # pragma: no cover - redis is a dependency of the service
+        return
+
+    @app.exception_handler(RedisError)
+    async def queue_down(request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("queue error on %s: %s", request.url.path, exc)
+        return JSONResponse({"detail": f"the job queue is unavailable: {exc}"}, status_code=503,
+                            headers={"Retry-After": str(settings.retry_after_s)})
+
+
+def create_app(settings: ServiceSettings | None = None, queue: Any = None, start_worker: bool | None = None) -> FastAPI:
+    """The service. `queue`: an existing MemoryQueue/RedisQueue (default: from `settings.redis_url`);
+    `start_worker`: run a worker thread in this process (default: only with an in-memory queue)."""
+    settings = settings or ServiceSettings()
+    if queue is None:
+        queue = connect(settings.redis_url, max_depth=settings.queue_max, ttl_s=settings.job_ttl_s)
+    if start_worker is None:
+        start_worker = isinstance(queue, MemoryQueue)
+    state = ServiceState(settings=settings, queue=queue, metrics=Metrics(queue, settings.worker_stale_s),
+                         embedded_worker=start_worker)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Threads blocked on a job's completion; bounded apart from the default pool used by sync handlers.
+        state.wait_limiter = anyio.CapacityLimiter(max(32, min(settings.queue_max + 16, 512)))
+        worker = None
+        if start_worker:
+            worker = EmbeddedWorker(queue, state)
+            worker.start()
+            log.info("embedded worker %s started (warming up)", worker.worker.id)
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await anyio.to_thread.run_sync(worker.stop)
+                log.info("embedded worker stopped")
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        app_version = version("percept")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        app_version = "0.0.0"
+    app = FastAPI(title="percept", version=app_version, description=DESCRIPTION, lifespan=lifespan,
+                  responses={422: {"model": routes.Error}})
+    app.state.service = state
+    _install_error_handlers(app, settings)
+    app.include_router(routes.public)
+    app.include_router(routes.probes)
+    app.include_router(routes.admin)
+    app.add_middleware(MetricsMiddleware, metrics=lambda: state.metrics)
+    return app

@@ -1,0 +1,103 @@
+"""Response bodies of the HTTP API (they also make up the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class Error(BaseModel):
+    """Every error answer: one sentence for a person to read."""
+
+    detail: str = Field(..., examples=["unknown style 'van_gogh'; known styles: candy, mosaic, muse"])
+
+
+class JobStatus(BaseModel):
+    """A job as the queue knows it. Times are Unix seconds; durations milliseconds."""
+
+    id: str
+    status: JobState
+    model: str
+    position: int | None = Field(None, description="jobs ahead of this one while it is queued (0: next)")
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_wait_ms: float | None = Field(None, description="from submission to a worker taking the job")
+    compute_ms: float | None = Field(None, description="the forward pass of the batch that held this job")
+    batch_size: int | None = Field(None, description="jobs that shared that forward pass")
+    attempts: int = 0
+    error: str | None = None
+    result_url: str | None = Field(None, description="where the image is, once status is 'done'")
+    worker: str | None = None
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> JobStatus:
+        started, created = rec.get("started_at"), rec.get("created_at") or 0.0
+        wait = round((started - created) * 1000, 3) if started else None
+        return cls(
+            id=rec["id"], status=rec["status"], model=rec["model"],
+            position=rec.get("position") if rec["status"] == "queued" else None,
+            created_at=created, started_at=started, finished_at=rec.get("finished_at"),
+            queue_wait_ms=wait, compute_ms=rec.get("compute_ms"), batch_size=rec.get("batch_size"),
+            attempts=int(rec.get("attempts") or 0),
+            # A queued job's error is the previous attempt's; it is retried, so it is not reported yet.
+            error=rec.get("error") if rec["status"] in ("failed", "cancelled") else None,
+            result_url=f"/jobs/{rec['id']}/result" if rec["status"] == "done" else None,
+            worker=rec.get("worker"),
+        )
+
+
+class ModelInfo(BaseModel):
+    """A model in the store, described by its default version's manifest."""
+
+    name: str
+    kind: Literal["style", "sr"]
+    factor: int = Field(..., description="1 for styles, the upscaling factor for super-resolution")
+    version: int = Field(..., description="the default version: the one new jobs run")
+    versions: list[int]
+    serving_versions: list[int] = Field(
+        default_factory=list, description="versions the live workers have loaded (a new default shows up here "
+                                          "within the workers' reload interval)")
+    created_at: str | None = None
+    training: dict[str, Any] = Field(default_factory=dict, description="a summary of how the version was trained")
+    thumbnail_url: str | None = None
+
+
+class Published(ModelInfo):
+    """The model after a publish; `published_version` is the new version (the default unless one is pinned)."""
+
+    published_version: int
+
+
+class Health(BaseModel):
+    """Liveness and readiness."""
+
+    status: Literal["ok", "ready", "not ready"]
+    detail: str | None = Field(None, description="why the service is not ready")
+    mode: Literal["embedded", "redis"]
+    queue_depth: int | None = None
+    workers: int | None = Field(None, description="live workers (heartbeat within worker_stale_s) that are ready")
+
+
+class DefaultVersion(BaseModel):
+    """Body of POST /admin/models/{name}/default: a version to pin, or null for the highest."""
+
+    version: int | None = Field(None, ge=1)
+
+
+class WorkerInfo(BaseModel):
+    """A live worker's last heartbeat."""
+
+    id: str
+    ready: bool = False
+    device: str | None = None
+    models: dict[str, int] = Field(default_factory=dict)
+    last_seen: float
+    forward_passes: int = 0
+    batched_jobs: int = 0
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    compute_ms: float = 0.0

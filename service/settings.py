@@ -1,0 +1,60 @@
+"""HTTP service settings, from the environment (prefix ``PERCEPT_``, plus ``REDIS_URL``), with laptop defaults.
+
+``PERCEPT_API_KEY=secret percept serve`` runs an embedded service (API and one worker thread in one process,
+an in-memory queue) with the admin endpoints enabled; with ``REDIS_URL`` set the API only enqueues jobs and
+`percept worker` processes (any number, any machine) do the inference.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PERCEPT_", extra="ignore")
+
+    # The job queue. None: embedded mode (an in-memory queue and an in-process worker thread); a URL such as
+    # redis://host:6379/0: the shared Redis queue, served by separate `percept worker` processes.
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "PERCEPT_REDIS_URL"))
+
+    # Bearer token of the /admin endpoints. None: they are disabled and answer 403 saying to set PERCEPT_API_KEY.
+    api_key: SecretStr | None = None
+    # When set, the public endpoints (stylize, upscale, jobs, styles, models) require this token too
+    # (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; the admin key is accepted as well).
+    # /healthz, /readyz and /metrics stay open for probes and scrapers.
+    public_api_key: SecretStr | None = None
+
+    # Uploads: bytes of one image (checked against Content-Length first, then while reading the body).
+    max_upload_bytes: int = Field(20 * 2**20, ge=1)
+    # Pixels (width x height, read from the image header before decoding) of one input image.
+    max_pixels: int = Field(16_000_000, ge=1)
+    # Pixels of one output image (after max_side and the upscaling factor): an x8 upscale of a large photo is
+    # refused with 413 and a hint to pass max_side rather than tying up a worker for minutes.
+    max_output_pixels: int = Field(64_000_000, ge=1)
+    # Longer side inputs are shrunk to when the request gives no max_side. None: processed at their own size.
+    max_side_default: int | None = Field(None, ge=1)
+    # Bytes of a training checkpoint uploaded to POST /admin/models/{name}/publish.
+    max_checkpoint_bytes: int = Field(1024 * 2**20, ge=1)
+
+    # Synchronous requests wait this long for their result (seconds) unless they pass ?wait=...; past it they
+    # get 202 and the job's URL. A request may ask for at most max_wait_s.
+    default_wait_s: float = Field(30.0, ge=0)
+    max_wait_s: float = Field(120.0, ge=0)
+
+    # Jobs queued or running at most; past it new requests get 503 with Retry-After.
+    queue_max: int = Field(256, ge=1)
+    # Finished jobs and their results are kept this long (seconds), then GET /jobs/{id} answers 404.
+    job_ttl_s: float = Field(3600.0, gt=0)
+    # A worker whose last heartbeat is older than this (seconds) does not count for /readyz.
+    worker_stale_s: float = Field(15.0, gt=0)
+    # Retry-After (seconds) sent with 503 answers (queue full, inference failure, no queue).
+    retry_after_s: int = Field(5, ge=1)
+
+    # `percept serve` binds here.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
