@@ -25,7 +25,7 @@ from service import images
 from worker.batcher import collect
 from worker.queue import MemoryQueue, RedisQueue, Reserved
 from worker.settings import WorkerSettings
-from worker.tiling import run_tiled
+from worker.tiling import run_net_tiled
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,9 @@ class Worker:
         start = time.perf_counter()
         try:
             if len(batch) == 1 and h * w * factor * factor > self.settings.tile_pixels:
-                outputs = [run_tiled(lambda t: self._forward(net, t).cpu(), batch[0].rgb, factor)]
+                # Instance-norm nets use whole-image statistics across tiles, so tiles match the untiled output.
+                outputs = [run_net_tiled(net, batch[0].rgb, budget_pixels=self.settings.tile_pixels,
+                                         forward=lambda t: self._forward(net, t).cpu())]
             else:
                 outputs = list(self._forward(net, torch.cat([i.rgb for i in batch])).cpu().split(1))
         except Exception as e:  # e.g. CUDA out of memory: let another attempt (or worker) try

@@ -17,7 +17,7 @@ class WorkerSettings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     job_ttl_s: float = Field(3600.0, gt=0)
     memory_budget_mb: float = Field(2048.0, gt=0)  # resident model weights; least recently used are evicted
-    tile_pixels: int = Field(4_000_000, ge=4096)  # output pixels above which a request is processed in tiles
+    tile_pixels: int = Field(4_000_000, ge=1_000_000)  # output pixels above which a request runs in tiles
     half: bool = True  # fp16 inference on CUDA (fp32 fallback on NaN/Inf)
     reload_interval_s: float = Field(5.0, gt=0)  # how often to look for newly published versions
     warmup_sizes: str = "256"  # comma-separated square sizes run once per model at start
