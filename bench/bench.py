@@ -46,7 +46,7 @@ from model_store import store
 from model_store.networks import NetworkConfig, TransformNet, build_network
 from trainer.gatys import optimize
 from trainer.losses import StyleObjective
-from trainer.train import STYLE_DEFAULTS
+from trainer.train import STYLE_DEFAULTS, optimizer_step
 from trainer.vgg import LossNetwork, load_loss_network
 
 FALLBACK = NetworkConfig(kind="style", preset="modern", width=0.5)
@@ -116,14 +116,7 @@ def bench_train(config: NetworkConfig, vgg: LossNetwork, device: torch.device, s
         with ctx:
             y = net(x)
             total = objective(y.float(), objective.content_features(x))["total"]
-        opt.zero_grad(set_to_none=True)
-        if scaler:
-            scaler.scale(total).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            total.backward()
-            opt.step()
+        optimizer_step(total, opt, scaler)
 
     return 1000 * median_seconds(step, device, repeats, warmup)
 

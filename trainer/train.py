@@ -152,6 +152,18 @@ class Losses:
         return terms
 
 
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """Backward and Adam step, through the fp16 gradient scaler when there is one."""
+    opt.zero_grad(set_to_none=True)
+    if scaler:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
 def _save_checkpoint(path: Path, net: TransformNet, opt: torch.optim.Optimizer, iteration: int,
                      cfg: TrainConfig, scaler: torch.amp.GradScaler | None, extra: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,14 +410,7 @@ def train(
                     raise FloatingPointError(f"loss is {total.item()} for 10 iterations in a row at {iteration}")
                 continue
             bad_steps = 0
-            opt.zero_grad(set_to_none=True)
-            if scaler and use_amp:
-                scaler.scale(total).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                total.backward()
-                opt.step()
+            optimizer_step(total, opt, scaler if use_amp else None)
             iteration += 1
             bar.update(1)
             if not main_process:
