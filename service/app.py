@@ -22,8 +22,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import routes
+from service.deps import ServiceState
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import ServiceState
 from service.settings import ServiceSettings
 from worker.queue import MemoryQueue, QueueFull, connect
 

@@ -21,7 +21,7 @@ from PIL import Image
 from model_store import store
 from model_store.networks import NetworkConfig, build_network
 from service.app import create_app
-from service.routes import job_failure
+from service.jobs import job_failure
 from service.settings import ServiceSettings
 from worker.queue import MemoryQueue
 

@@ -1,0 +1,134 @@
+"""The model catalog as the API shows it: model info, style and factor lookups, style thumbnails."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+from fastapi import HTTPException
+
+from model_store import store
+from service.deps import ServiceState
+from service.schemas import ModelInfo
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+# Models
+
+
+TRAINING_SUMMARY = ("task", "iterations", "image_size", "batch_size", "style_image", "style_size", "loss",
+                    "content_weight", "style_weight", "tv_weight", "final_losses", "wall_seconds", "hardware")
+
+
+def serving_versions(queue: Any, settings: ServiceSettings) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    try:
+        for w in queue.workers(settings.worker_stale_s):
+            for name, version in (w.get("models") or {}).items():
+                out.setdefault(name, set()).add(int(version))
+    except Exception as e:  # noqa: BLE001 - model listings work without the queue
+        log.warning("cannot read worker heartbeats: %s", e)
+    return out
+
+
+def model_info(name: str, serving: dict[str, set[int]] | None = None) -> ModelInfo:
+    entry = store.get(name)
+    m = entry.manifest
+    has_thumbnail = m["kind"] == "style" and (entry.path / store.STYLE_FILE).is_file()
+    training = m.get("training") or {}
+    return ModelInfo(
+        name=name, kind=m["kind"], factor=int(m["factor"]), version=entry.version, versions=store.versions(name),
+        serving_versions=sorted((serving or {}).get(name, set())), created_at=m.get("created_at"),
+        training={k: training[k] for k in TRAINING_SUMMARY if k in training},
+        thumbnail_url=f"/styles/{name}/thumbnail" if has_thumbnail else None,
+    )
+
+
+def all_models(serving: dict[str, set[int]]) -> list[ModelInfo]:
+    out = []
+    for name in store.list_models():
+        try:
+            out.append(model_info(name, serving))
+        except (store.ModelStoreError, OSError, ValueError, KeyError) as e:
+            log.warning("skipping model %s: %s", name, e)
+    return out
+
+
+def style_names() -> list[str]:
+    names = []
+    for name in store.list_models():
+        try:
+            if store.get(name).manifest["kind"] == "style":
+                names.append(name)
+        except (store.ModelStoreError, OSError, ValueError, KeyError):
+            continue
+    return names
+
+
+def check_style(name: str) -> None:
+    try:
+        kind = store.get(name).manifest["kind"]
+    except store.ModelStoreError:
+        kind = None
+    if kind != "style":
+        known = ", ".join(style_names()) or "none"
+        raise HTTPException(404, f"unknown style {name!r}; known styles: {known}")
+
+
+def sr_factors() -> list[int]:
+    out = []
+    for name in store.list_models():
+        try:
+            m = store.get(name).manifest
+        except (store.ModelStoreError, OSError, ValueError, KeyError):
+            continue
+        if m["kind"] == "sr" and name == store.sr_model_name(int(m["factor"])):
+            out.append(int(m["factor"]))
+    return sorted(out)
+
+
+def check_sr(factor: int) -> str:
+    name = store.sr_model_name(factor)
+    try:
+        m = store.get(name).manifest
+        if m["kind"] == "sr" and int(m["factor"]) == factor:
+            return name
+    except store.ModelStoreError:
+        pass
+    available = ", ".join(map(str, sr_factors())) or "none"
+    raise HTTPException(404, f"no super-resolution model for factor {factor}; available factors: {available}")
+
+
+def thumbnail(state: ServiceState, name: str, size: int) -> bytes:
+    """A JPEG of the style image, longer side `size`, cached per (name, version, size)."""
+    try:
+        entry = store.get(name)
+    except store.ModelStoreError:
+        entry = None
+    path = entry.path / store.STYLE_FILE if entry else None
+    if entry is None or entry.manifest["kind"] != "style" or not path.is_file():
+        raise HTTPException(404, f"no style image for {name!r}")
+    key = (name, entry.version, size)
+    with state.thumbnail_lock:
+        if key in state.thumbnails:
+            state.thumbnails.move_to_end(key)
+            return state.thumbnails[key]
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((size, size), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85, optimize=True)
+    data = buf.getvalue()
+    with state.thumbnail_lock:
+        state.thumbnails[key] = data
+        while len(state.thumbnails) > 256:
+            state.thumbnails.popitem(last=False)
+    return data
+
+
+def model_error(e: store.ModelStoreError) -> HTTPException:
+    return HTTPException(404 if isinstance(e, store.ModelNotFound) else 400, str(e))

@@ -1,0 +1,95 @@
+"""What the handlers share and how they get it: the per-app state, FastAPI dependencies, API-key checks."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.metrics import Metrics
+from service.settings import ServiceSettings
+
+# Multipart framing (boundaries, part headers) around the file: allowed on top of max_upload_bytes.
+MULTIPART_SLACK = 64 * 1024
+THUMBNAIL_SIDE = 256
+JOB_ID_LENGTH = 32  # uuid4().hex
+
+
+@dataclass
+class ServiceState:
+    """What the handlers share: one per app."""
+
+    settings: ServiceSettings
+    queue: Any  # worker.queue.MemoryQueue | RedisQueue
+    metrics: Metrics
+    wait_limiter: anyio.CapacityLimiter | None = None  # threads blocked waiting on jobs (set in the lifespan)
+    worker_error: str | None = None  # embedded mode: why the in-process worker stopped
+    embedded_worker: bool = False
+    thumbnails: OrderedDict[tuple[str, int, int], bytes] = field(default_factory=OrderedDict)
+    thumbnail_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+
+
+# Dependencies
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def get_settings(state: ServiceState = Depends(get_state)) -> ServiceSettings:
+    return state.settings
+
+
+def get_queue(state: ServiceState = Depends(get_state)) -> Any:
+    return state.queue
+
+
+_admin_bearer = HTTPBearer(scheme_name="AdminKey", auto_error=False,
+                           description="PERCEPT_API_KEY: required by every /admin endpoint")
+_public_bearer = HTTPBearer(scheme_name="PublicKey", auto_error=False,
+                            description="PERCEPT_PUBLIC_API_KEY: required by the public endpoints when set")
+
+
+def _matches(token: str | None, *keys: Any) -> bool:
+    given = (token or "").encode()
+    # Compare with every key (no early exit) so timing does not tell which one matched.
+    found = False
+    for key in keys:
+        if key is not None:
+            found |= secrets.compare_digest(given, key.get_secret_value().encode())
+    return found
+
+
+def require_admin(creds: HTTPAuthorizationCredentials | None = Depends(_admin_bearer),
+                  settings: ServiceSettings = Depends(get_settings)) -> None:
+    if settings.api_key is None:
+        raise HTTPException(403, "the admin endpoints are disabled: set PERCEPT_API_KEY to enable them")
+    if creds is None:
+        raise HTTPException(401, "missing credentials: send 'Authorization: Bearer <PERCEPT_API_KEY>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not _matches(creds.credentials, settings.api_key):
+        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def require_public(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_public_bearer),
+                   settings: ServiceSettings = Depends(get_settings)) -> None:
+    if settings.public_api_key is None:
+        return
+    token = creds.credentials if creds else request.headers.get("x-api-key")
+    if token is None:
+        raise HTTPException(401, "missing credentials: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not _matches(token, settings.public_api_key, settings.api_key):
+        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def unavailable(message: str, settings: ServiceSettings) -> HTTPException:
+    return HTTPException(503, message, headers={"Retry-After": str(settings.retry_after_s)})
