@@ -114,13 +114,16 @@ class Decoded:
 # Decoding
 
 
-def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, declared_type: str | None = None) -> Decoded:
-    """Validate and decode an uploaded image (see the module docstring for the checks and their statuses).
+@dataclass(frozen=True)
+class Checked:
+    """A validated upload, decoded by Pillow but not yet converted to tensors."""
 
-    EXIF orientation is applied (width/height are those of the upright image). Grayscale, 16-bit, float,
-    palette, CMYK and premultiplied modes become RGB; an alpha channel (or palette/colour-key transparency)
-    is returned separately in `Decoded.alpha`, otherwise `alpha` is None.
-    """
+    image: Image.Image  # upright (EXIF orientation applied), pixels loaded
+    format: str
+
+
+def check_upload(data: bytes, *, max_bytes: int, max_pixels: int, declared_type: str | None = None) -> Checked:
+    """Every check of `decode_upload`, without the float conversion: what the API needs to accept a job."""
     if not data:
         raise ImageError(400, "empty body: expected an image")
     if len(data) > max_bytes:
@@ -143,9 +146,25 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, declared_type
             raise ImageError(413, f"image too large: {e}") from None
         except _DECODE_ERRORS:
             raise ImageError(400, f"the {fmt.upper()} image is truncated or corrupt") from None
-    finally:
+    except BaseException:
         im.close()
-    rgb, alpha = _to_arrays(upright)
+        raise
+    if upright is not im:  # exif_transpose made a rotated copy
+        im.close()
+    return Checked(upright, fmt)
+
+
+def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, declared_type: str | None = None) -> Decoded:
+    """Validate and decode an uploaded image (see the module docstring for the checks and their statuses).
+
+    EXIF orientation is applied (width/height are those of the upright image). Grayscale, 16-bit, float,
+    palette, CMYK and premultiplied modes become RGB; an alpha channel (or palette/colour-key transparency)
+    is returned separately in `Decoded.alpha`, otherwise `alpha` is None.
+    """
+    checked = check_upload(data, max_bytes=max_bytes, max_pixels=max_pixels, declared_type=declared_type)
+    fmt = checked.format
+    with checked.image as upright:
+        rgb, alpha = _to_arrays(upright)
     height, width = rgb.shape[:2]
     return Decoded(
         rgb=torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous(),

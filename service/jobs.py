@@ -91,9 +91,9 @@ async def run_job(request: Request, state: ServiceState, model: str, factor: int
     if wait is not None and wait > settings.max_wait_s:
         raise HTTPException(422, f"wait must be between 0 and {settings.max_wait_s:g} seconds")
     data, declared = await read_image(request, settings)
-    decoded = await validate_image(data, declared, settings)
+    size = await validate_image(data, declared, settings)
     max_side = params.get("max_side") or settings.max_side_default
-    check_output_size(decoded, max_side, factor, settings)
+    check_output_size(size, max_side, factor, settings)
     params = {**params, "max_side": max_side, "max_pixels": settings.max_pixels}
     try:
         job_id = await anyio.to_thread.run_sync(state.queue.submit, model, params, data)

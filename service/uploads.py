@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator
-from functools import partial
 
 import anyio
 from fastapi import HTTPException, Request
@@ -71,11 +70,17 @@ async def read_image(request: Request, settings: ServiceSettings) -> tuple[bytes
     return data, mime if mime.startswith("image/") else None
 
 
-async def validate_image(data: bytes, declared: str | None, settings: ServiceSettings) -> images.Decoded:
+async def validate_image(data: bytes, declared: str | None, settings: ServiceSettings) -> tuple[int, int]:
+    """Every upload check (decoded by Pillow, no tensors: the worker converts); the upright (width, height)."""
+
+    def check() -> tuple[int, int]:
+        checked = images.check_upload(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+                                      declared_type=declared)
+        with checked.image as im:
+            return im.size
+
     try:
-        return await anyio.to_thread.run_sync(partial(
-            images.decode_upload, data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
-            declared_type=declared))
+        return await anyio.to_thread.run_sync(check)
     except images.ImageError as e:
         raise HTTPException(e.status, e.message) from None
 
@@ -88,8 +93,8 @@ def processed_size(width: int, height: int, max_side: int | None) -> tuple[int, 
     return max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale)))
 
 
-def check_output_size(decoded: images.Decoded, max_side: int | None, factor: int, settings: ServiceSettings) -> None:
-    w, h = processed_size(decoded.width, decoded.height, max_side)
+def check_output_size(size: tuple[int, int], max_side: int | None, factor: int, settings: ServiceSettings) -> None:
+    w, h = processed_size(*size, max_side)
     out = w * h * factor * factor
     if out > settings.max_output_pixels:
         hint = int(max(w, h) * math.sqrt(settings.max_output_pixels / out))
