@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import routes
+from service import page, routes
 from service.deps import ServiceState
 from service.metrics import Metrics, MetricsMiddleware
 from service.settings import ServiceSettings
@@ -148,5 +148,6 @@ def create_app(settings: ServiceSettings | None = None, queue: Any = None, start
     app.include_router(routes.public)
     app.include_router(routes.probes)
     app.include_router(routes.admin)
+    app.include_router(page.router)
     app.add_middleware(MetricsMiddleware, metrics=lambda: state.metrics)
     return app

@@ -30,16 +30,10 @@ def job_failure(rec: dict[str, Any], settings: ServiceSettings) -> HTTPException
     error = rec.get("error") or "the job failed"
     if rec["status"] == "cancelled":
         return HTTPException(410, f"the job was cancelled: {error}")
-    status = rec.get("error_status")  # a worker that knows the status of its error may say so
-    if isinstance(status, int) and 400 <= status < 600:
-        if status >= 500:
-            return unavailable(error, settings)
+    status = rec.get("error_status")  # set by the worker: 4xx the input's fault, 503 the service's
+    if isinstance(status, int) and 400 <= status < 500:
         return HTTPException(status, error)
-    server_side = ("inference failed", "gave up after", "could not encode", "no model named", "has no version",
-                   "do not match the manifest", "refusing to load")
-    if any(s in error for s in server_side):
-        return unavailable(f"the job failed on the worker: {error}", settings)
-    return HTTPException(422, error)
+    return unavailable(f"the job failed on the worker: {error}", settings)
 
 
 def status_response(rec: dict[str, Any], code: int = 202) -> JSONResponse:

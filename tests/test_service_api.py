@@ -296,8 +296,8 @@ def test_failed_and_cancelled_jobs(idle: tuple[TestClient, MemoryQueue]) -> None
     client, queue = idle
     ids = [post_image(client, "/stylize", photo(), style="candy", **{"async": "true"}).json()["id"] for _ in range(2)]
     bad_input, broken = queue.reserve("test", 2, 0)
-    queue.fail(bad_input, "could not read the image: cannot identify image", retry=False)
-    queue.fail(broken, "inference failed: CUDA out of memory", retry=False)
+    queue.fail(bad_input, "could not read the image: cannot identify image", retry=False, status=422)
+    queue.fail(broken, "inference failed: CUDA out of memory", retry=False, status=503)
     assert_error(client.get(f"/jobs/{ids[0]}/result"), 422, "could not read")
     r = client.get(f"/jobs/{ids[1]}/result")
     assert_error(r, 503, "inference failed")
@@ -343,12 +343,12 @@ def test_unreachable_redis_is_503() -> None:
 def test_job_failure_mapping() -> None:
     settings = ServiceSettings()
     rec = {"id": "x", "status": "failed", "model": "candy"}
-    assert job_failure({**rec, "error": "the PNG image is truncated or corrupt"}, settings).status_code == 422
-    for error in ("inference failed: boom", "gave up after 3 attempts: inference failed: boom",
-                  "no model named 'candy' (known: none)"):
-        e = job_failure({**rec, "error": error}, settings)
-        assert e.status_code == 503 and e.headers and "Retry-After" in e.headers
+    # The worker records the status: 4xx when the input was at fault, 503 when the service was.
+    assert job_failure({**rec, "error": "truncated", "error_status": 400}, settings).status_code == 400
     assert job_failure({**rec, "error": "x", "error_status": 413}, settings).status_code == 413
+    for record in ({"error": "inference failed: boom", "error_status": 503}, {"error": "no status recorded"}):
+        e = job_failure({**rec, **record}, settings)
+        assert e.status_code == 503 and e.headers and "Retry-After" in e.headers
     assert job_failure({**rec, "status": "cancelled", "error": "by an admin"}, settings).status_code == 410
 
 

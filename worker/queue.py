@@ -61,7 +61,7 @@ def new_job_id() -> str:
 def _record(job_id: str, model: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"id": job_id, "status": "queued", "model": model, "params": params, "created_at": time.time(),
             "started_at": None, "finished_at": None, "attempts": 0, "error": None, "worker": None,
-            "media_type": None, "compute_ms": None, "batch_size": None}
+            "media_type": None, "compute_ms": None, "batch_size": None, "error_status": None}
 
 
 class MemoryQueue:
@@ -149,7 +149,7 @@ class MemoryQueue:
                 self._jobs[job.id].result = result
                 self._finish(job.id, "done", media_type=media_type, compute_ms=compute_ms, batch_size=batch_size)
 
-    def fail(self, job: Reserved, error: str, retry: bool) -> None:
+    def fail(self, job: Reserved, error: str, retry: bool, status: int = 503) -> None:
         with self._cond:
             if job.id not in self._jobs:
                 return
@@ -159,7 +159,7 @@ class MemoryQueue:
                 self._queue.insert(0, job.id)
                 self._cond.notify_all()
             else:
-                self._finish(job.id, "failed", error=error)
+                self._finish(job.id, "failed", error=error, error_status=status)
 
     def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
         self._workers[worker_id] = {**info, "last_seen": time.time()}
@@ -299,7 +299,8 @@ class RedisQueue:
                 continue
             attempts = int(self.r.hincrby(self._key(job_id), "attempts", 1))
             if attempts > self.max_attempts:
-                self._finish(job_id, "failed", error=f"gave up after {attempts - 1} attempts: {rec.get('error')}")
+                self._finish(job_id, "failed", error=f"gave up after {attempts - 1} attempts: {rec.get('error')}",
+                             error_status=503)
                 self._ack(sid)
                 continue
             self.r.hset(self._key(job_id), mapping=_encode({"status": "running", "started_at": time.time(),
@@ -315,14 +316,14 @@ class RedisQueue:
         self._finish(job.id, "done", media_type=media_type, compute_ms=compute_ms, batch_size=batch_size)
         self._ack(job.stream_id)
 
-    def fail(self, job: Reserved, error: str, retry: bool) -> None:
+    def fail(self, job: Reserved, error: str, retry: bool, status: int = 503) -> None:
         if retry and job.attempt < self.max_attempts:
             self.r.hset(self._key(job.id), mapping=_encode({"status": "queued", "error": error}))
             # Queue it again now rather than after the visibility timeout.
             self.r.hset(self._key(job.id), "stream_id", self.r.xadd(self.STREAM, {"id": job.id}))
             self._ack(job.stream_id)
             return
-        self._finish(job.id, "failed", error=error)
+        self._finish(job.id, "failed", error=error, error_status=status)
         self._ack(job.stream_id)
 
     def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:

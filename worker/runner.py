@@ -172,9 +172,9 @@ class Worker:
                 decoded = images.resize_max_side(decoded, int(job.params["max_side"]))
             return Item(job, decoded.rgb, decoded.alpha, decoded.format)
         except images.ImageError as e:
-            self._fail(job, e.message, retry=False)
+            self._fail(job, e.message, retry=False, status=e.status)
         except Exception as e:  # noqa: BLE001 - reported on the job, never silently dropped
-            self._fail(job, f"could not read the image: {e}", retry=False)
+            self._fail(job, f"could not read the image: {e}", retry=False, status=400)
         return None
 
     def _forward(self, net: TransformNet, x: torch.Tensor) -> torch.Tensor:
@@ -194,7 +194,7 @@ class Worker:
             net, _ = self.models.get(model)
         except store.ModelStoreError as e:
             for item in batch:
-                self._fail(item.job, str(e), retry=False)
+                self._fail(item.job, str(e), retry=False, status=503)
             return
         factor = net.config.factor
         h, w = batch[0].rgb.shape[-2:]
@@ -209,7 +209,7 @@ class Worker:
         except Exception as e:  # e.g. CUDA out of memory: let another attempt (or worker) try
             log.exception("forward pass failed for %s", model)
             for item in batch:
-                self._fail(item.job, f"inference failed: {e}", retry=True)
+                self._fail(item.job, f"inference failed: {e}", retry=True, status=503)
             return
         compute_ms = (time.perf_counter() - start) * 1000
         self.counters["forward_passes"] += 1
@@ -219,7 +219,7 @@ class Worker:
             try:
                 data, media_type = self._postprocess(item, out.clamp(0, 255), factor)
             except Exception as e:  # noqa: BLE001
-                self._fail(item.job, f"could not encode the result: {e}", retry=False)
+                self._fail(item.job, f"could not encode the result: {e}", retry=False, status=503)
                 continue
             self.queue.complete(item.job, data, media_type, round(compute_ms, 3), len(batch))
             self.counters["jobs_done"] += 1
@@ -238,9 +238,10 @@ class Worker:
         fmt = images.output_format(p.get("format"), item.input_format)
         return images.encode(rgba, fmt, p.get("quality"))
 
-    def _fail(self, job: Reserved, error: str, retry: bool) -> None:
+    def _fail(self, job: Reserved, error: str, retry: bool, status: int) -> None:
+        """`status`: the HTTP status the API answers with: 4xx the input's fault, 503 the service's."""
         self.counters["jobs_failed"] += 0 if retry else 1
-        self.queue.fail(job, error, retry)
+        self.queue.fail(job, error, retry, status)
 
 
 def serve_forever(settings: WorkerSettings | None = None) -> None:
