@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 INDEX = Path(__file__).resolve().parent / "static" / "index.html"
@@ -22,6 +22,9 @@ router = APIRouter(include_in_schema=False)
 @router.api_route("/", methods=["GET", "HEAD"], response_class=FileResponse)
 def index() -> FileResponse:
     """The web page: pick an image, a style or an upscaling factor, and compare the result with the input."""
+    if not INDEX.is_file():  # an install without the package data (pyproject: service = ["static/*"])
+        raise HTTPException(404, "the web page is not installed (service/static/index.html is missing); "
+                                 "the API is at /docs")
     return FileResponse(INDEX, media_type="text/html; charset=utf-8", headers={
         "Cache-Control": "no-cache", "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer"})

@@ -1,0 +1,286 @@
+"""The web page at ``GET /`` in a real browser: headless Chromium (Playwright) against `percept serve` in embedded
+mode. Stylize and upscale a small image, show an API error in plain words, and fit a phone-sized screen.
+
+Needs the ``playwright`` Python package and a system Chromium at /usr/bin/chromium (``apt-get install chromium``;
+``playwright install`` is not used); skipped when either is missing. Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               # Containers: a small /dev/shm, and proxy variables that must not catch 127.0.0.1.
+               "--disable-dev-shm-usage", "--no-proxy-server"]
+W, H = 64, 48
+STARTUP_S = 60.0  # importing torch and warming up the built-in models at 32x32 on a busy CPU
+JOB_MS = 30_000  # one job on the tiny image, from Go to the result shown
+UI_MS = 10_000  # anything else the page does
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+RESULT_SHOWN = """() => {
+  const img = document.getElementById('result-image');
+  return !document.getElementById('output').hidden && img.complete && img.naturalWidth > 0 ? img.naturalWidth : 0;
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url: str, data: bytes | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 5.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        with NO_PROXY.open(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`percept serve` (embedded worker, built-in models) on a free port, ready."""
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REDIS_URL", "PERCEPT_REDIS_URL", "MODEL_STORE", "PERCEPT_PUBLIC_API_KEY")}
+    env.update(PERCEPT_WARMUP_SIZES="32", PERCEPT_HEARTBEAT_S="0.5", PERCEPT_MAX_BATCH_DELAY_MS="2",
+               OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "percept.cli", "serve", "--port", str(port),
+                                 "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"percept serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if http(f"{url}/readyz", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"percept serve not ready within {STARTUP_S:.0f} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS, timeout=30_000)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Page:
+    """A fresh page on `url` that records the console errors and uncaught exceptions of the page."""
+
+    def __init__(self, browser: Any, url: str, **context: Any):
+        self.context = browser.new_context(accept_downloads=True, **context)
+        self.context.set_default_timeout(UI_MS)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        self.requests: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(f"{r.method} {r.url.split('/', 3)[-1]}"))
+        # Every text the status line shows, in order.
+        self.page.add_init_script("""window.__statuses = [];
+          addEventListener('DOMContentLoaded', () => new MutationObserver(() => {
+            const text = document.getElementById('status').textContent;
+            if (text) window.__statuses.push(text);
+          }).observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true}));""")
+        self.page.goto(url, wait_until="load")
+        # The style cards are built from GET /styles, each with its thumbnail.
+        self.page.wait_for_function("() => document.querySelectorAll('#styles .card img[src^=\"blob:\"]').length >= 1")
+
+    def screenshot(self, name: str, full_page: bool = True) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"web_{name}.png"), full_page=full_page)
+
+    def assert_no_errors(self, allowed: tuple[str, ...] = ()) -> None:
+        """No uncaught exception and no console error, except a browser's "Failed to load resource: ... status of
+        NNN" line for a status in `allowed` (an error answer the test asked for)."""
+        left = [e for e in self.errors if not any(f"status of {code}" in e for code in allowed)]
+        assert not left, left
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Page]:
+    p = Page(browser, server + "/", viewport={"width": 1280, "height": 860})
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64x48 PNG: a smooth colour field with some texture."""
+    rng = np.random.default_rng(3)
+    base = Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)).resize((W, H), Image.Resampling.BICUBIC)
+    pixels = np.asarray(base).astype(np.float32) + rng.normal(0, 10, (H, W, 3))
+    path = tmp_path_factory.mktemp("images") / "street.png"
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def run_job(p: Page) -> int:
+    p.page.get_by_role("button", name="Go").click()
+    width = p.page.wait_for_function(RESULT_SHOWN, timeout=JOB_MS).json_value()
+    p.page.wait_for_function("() => !document.getElementById('go').disabled")
+    return int(width)
+
+
+def test_the_page_is_served_and_left_out_of_the_schema(server: str) -> None:
+    status, body = http(server + "/")
+    assert status == 200 and b"<title>percept" in body
+    status, schema = http(server + "/openapi.json")
+    assert status == 200 and "/" not in json.loads(schema)["paths"]
+
+
+def test_stylize_an_uploaded_image(page: Page, photo: Path) -> None:
+    p = page.page
+    page.screenshot("1_start")
+    p.set_input_files("#file", str(photo))
+    p.wait_for_function("() => document.getElementById('input-preview').naturalWidth === 64")
+    assert "64 × 48 px" in p.locator("#file-meta").inner_text()
+    p.locator("label.card[data-value=muse]").click()
+    assert p.locator("#style-muse").is_checked()
+    p.get_by_label("Preserve colours").check()
+
+    assert run_job(page) == W
+    assert p.evaluate("document.getElementById('result-image').naturalHeight") == H
+    # Submitted with async=true, then polled until done, and the result fetched from the job.
+    statuses = p.evaluate("window.__statuses")
+    assert statuses[0] == "Uploading…" and statuses[-1].startswith("Done in"), statuses
+    assert any(s.startswith(("Queued", "Running", "Fetching")) for s in statuses[1:-1]), statuses
+    posts = [r for r in page.requests if r.startswith("POST ")]
+    assert len(posts) == 1, posts
+    assert all(q in posts[0] for q in ("style=muse", "async=true", "preserve_color=true")), posts
+    assert any(r.startswith("GET jobs/") and r.endswith("/result") for r in page.requests), page.requests
+    assert p.locator("#before-image").evaluate("i => i.naturalWidth") == W
+    link = p.locator("#download")
+    assert link.is_visible()
+    assert link.get_attribute("href").startswith("blob:")
+    assert link.get_attribute("download") == "street-muse.png"
+    page.screenshot("2_stylized")
+
+    # The slider reveals more of one image or the other; side by side shows both.
+    p.locator("#compare-range").fill("20")
+    assert p.locator("#compare").evaluate("c => c.style.getPropertyValue('--pos')") == "20%"
+    p.get_by_role("button", name="Side by side").click()
+    assert p.locator("#compare").evaluate("c => c.classList.contains('side')")
+    page.screenshot("3_side_by_side")
+
+    with p.expect_download(timeout=UI_MS) as download:
+        link.click()
+    assert download.value.suggested_filename == "street-muse.png"
+    with Image.open(download.value.path()) as im:
+        assert im.size == (W, H) and im.format == "PNG"
+    page.assert_no_errors()
+
+
+def test_upscale_by_four(page: Page, photo: Path) -> None:
+    p = page.page
+    p.set_input_files("#file", str(photo))
+    p.get_by_text("Upscale", exact=True).click()
+    p.locator("label.card[data-value='4']").click()
+    assert p.locator("#factor-4").is_checked()
+    assert "256 × 192 px" in p.locator("#output-size").inner_text()
+
+    assert run_job(page) == 4 * W
+    assert p.evaluate("document.getElementById('result-image').naturalHeight") == 4 * H
+    # The input is shown at the output's size, enlarged without smoothing.
+    before = p.locator("#before-image")
+    assert before.evaluate("i => getComputedStyle(i).imageRendering") == "pixelated"
+    box_before, box_after = before.bounding_box(), p.locator("#result-image").bounding_box()
+    assert box_before and box_after and abs(box_before["width"] - box_after["width"]) < 1
+    assert p.locator("#download").get_attribute("download") == "street-x4.png"
+    page.screenshot("4_upscaled")
+    page.assert_no_errors()
+
+
+def test_an_invalid_file_shows_the_api_error(page: Page, server: str, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are notes, not an image\n")
+    status, body = http(server + "/stylize?style=muse", bad.read_bytes(), {"Content-Type": "image/png"})
+    assert status == 400
+    detail = json.loads(body)["detail"]
+
+    p = page.page
+    p.set_input_files("#file", str(bad))
+    p.locator("#file-warning").wait_for(state="visible")
+    p.get_by_role("button", name="Go").click()
+    alert = p.get_by_role("alert")
+    alert.wait_for(state="visible", timeout=JOB_MS)
+    text = alert.inner_text()
+    assert detail.lower() in text.lower(), (detail, text)
+    assert "could not be read" in text
+    assert p.locator("#output").is_hidden()
+    p.wait_for_function("() => !document.getElementById('go').disabled")
+    page.screenshot("5_invalid_file")
+    page.assert_no_errors(allowed=("400",))  # the browser logs the refused upload's status
+
+
+def test_a_phone_sized_screen(browser: Any, server: str, photo: Path) -> None:
+    page = Page(browser, server + "/", viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                is_mobile=True, has_touch=True)
+    try:
+        p = page.page
+        overflow = "() => document.documentElement.scrollWidth"
+        assert p.evaluate(overflow) <= 390
+        page.screenshot("6_phone_start")
+        p.set_input_files("#file", str(photo))
+        p.locator("label.card[data-value=muse]").click()
+        assert run_job(page) == W
+        assert p.evaluate(overflow) <= 390
+        assert p.locator("#download").is_visible()
+        # Everything sits within the screen's width.
+        widest = p.evaluate("""() => Math.max(...Array.from(document.querySelectorAll('body *'))
+            .filter(e => e.getClientRects().length).map(e => e.getBoundingClientRect().right))""")
+        assert widest <= 390.5, widest
+        page.screenshot("7_phone_result")
+        page.assert_no_errors()
+    finally:
+        page.close()
