@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PERCEPT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PERCEPT_", extra="ignore", env_ignore_empty=True)  # empty = unset
 
     # The job queue. None: embedded mode (an in-memory queue and an in-process worker thread); a URL such as
     # redis://host:6379/0: the shared Redis queue, served by separate `percept worker` processes.

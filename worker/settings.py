@@ -7,7 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PERCEPT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PERCEPT_", extra="ignore", env_ignore_empty=True)  # empty = unset
 
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "PERCEPT_REDIS_URL"))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
