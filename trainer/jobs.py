@@ -45,4 +45,5 @@ def status(job_id: str, redis_url: str) -> dict[str, Any]:
 
     job = Job.fetch(job_id, connection=Redis.from_url(redis_url))
     return {"id": job.id, "status": job.get_status(refresh=True), "description": job.description,
-            "progress": job.meta.get("progress"), "result": job.return_value(), "error": job.exc_info}
+            "progress": job.meta.get("progress"), "result": job.return_value(),
+            "error": (job.latest_result().exc_string if job.is_failed and job.latest_result() else None)}
