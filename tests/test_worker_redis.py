@@ -83,8 +83,9 @@ def test_concurrent_jobs_are_batched(queue):
         recs = _wait_done(queue, ids)
         assert all(r["status"] == "done" for r in recs), [r["error"] for r in recs]
         assert all(Image.open(io.BytesIO(queue.result(i))).size == (32, 32) for i in ids)
-        time.sleep(0.5)  # one more heartbeat with the final counters
-        [w] = queue.workers()
+        deadline = time.monotonic() + 10  # the heartbeat after the last batch carries the final counters
+        while (w := queue.workers()[0])["batched_jobs"] < 16 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert w["batched_jobs"] == 16
         assert w["forward_passes"] < 16  # 16 jobs shared fewer forward passes
         assert max(r["batch_size"] for r in recs) > 1

@@ -153,6 +153,8 @@ class Worker:
                           self.settings.max_batch_delay_ms / 1000, first_wait_ms)
         for batch in batches:
             self._run_batch(batch)
+        if batches:
+            self.heartbeat(force=True)  # fresh counters for /metrics and /readyz as soon as work is done
         return sum(len(b) for b in batches)
 
     def heartbeat(self, force: bool = False) -> None:
