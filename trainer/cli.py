@@ -234,3 +234,25 @@ def eval_style(
     except (ValueError, LookupError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from e
     typer.echo(json.dumps(result, indent=2) if as_json else format_style_table([result]))
+
+
+def report(
+    out: Path = typer.Option(Path("docs"), "--out", help="Folder for RESULTS.md and img/."),
+    sr_data: list[Path] = typer.Option(None, "--sr-data", exists=True, file_okay=False,
+                                       help="HR folders (default: shared Set5 and Set14)."),
+    content_dir: Path = typer.Option(None, "--content-dir", exists=True, file_okay=False),
+    styles: str = typer.Option(None, "--styles", help="Comma-separated style models (default: all)."),
+    gatys_iterations: str = typer.Option("50,100,300,500", "--gatys-iterations"),
+    image_size: int = typer.Option(256, "--image-size", help="Longer side of the content images."),
+    limit: int = typer.Option(4, "--limit", help="Content images per style."),
+    device: str = Device,
+) -> None:
+    """Regenerate docs/RESULTS.md: SR table, style objective vs Gatys, crops and gallery."""
+    from trainer.report import build_report
+    from trainer.train import resolve_device
+
+    path = build_report(out, sr_data or None, content_dir,
+                        [s.strip() for s in styles.split(",") if s.strip()] if styles else None,
+                        tuple(sorted(int(n) for n in gatys_iterations.split(",") if n.strip())), image_size, limit,
+                        str(resolve_device(device)))
+    typer.echo(f"wrote {path}")
