@@ -288,3 +288,15 @@ def test_ddp_gloo_two_processes(images: Path, vgg_weights: Path, tmp_path: Path)
     assert sorted(p.name for p in (run_dir / "previews").iterdir()) == ["final.png", "iter_000002.png",
                                                                         "iter_000004.png"]
     assert (run_dir / "losses.png").is_file() and (run_dir / "config.json").is_file()
+
+
+def test_grad_clip_caps_the_gradient_norm() -> None:
+    from trainer.train import optimizer_step
+
+    w = torch.nn.Parameter(torch.ones(10))
+    opt = torch.optim.SGD([w], lr=1.0)
+    optimizer_step((1000.0 * w).sum(), opt, None, grad_clip=0.5)
+    assert torch.linalg.vector_norm(w.grad) <= 0.5 + 1e-6
+    assert torch.allclose(w.detach(), torch.ones(10) - w.grad)  # the step used the clipped gradient
+    optimizer_step((1000.0 * w).sum(), opt, None)
+    assert torch.allclose(w.grad, torch.full((10,), 1000.0))  # off by default

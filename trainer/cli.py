@@ -119,6 +119,7 @@ def train_sr(
     preset: str = typer.Option("modern", "--preset", help="modern | paper"),
     width: float = typer.Option(1.0, "--width"),
     lr: float = typer.Option(1e-3, "--lr"),
+    grad_clip: float = typer.Option(0.0, "--grad-clip", help="Max global gradient norm (0 = off)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = Device,
     amp: bool = typer.Option(False, "--amp"),
@@ -143,6 +144,7 @@ def train_sr(
         raise typer.BadParameter("--name is required (or --resume CHECKPOINT)")
     cfg = TrainConfig(
         task="sr", factor=factor, loss=loss, image_size=image_size, tv_weight=tv_weight, content_weight=1.0,
+        grad_clip=grad_clip,
         **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
                   publish, checkpoint_every, preview_every, val_every),
     )

@@ -64,6 +64,7 @@ class TrainConfig:
     preset: Literal["paper", "modern"] = "modern"
     width: float = 1.0
     lr: float = 1e-3
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off
     seed: int = 0
     device: str = "auto"
     amp: bool = False
@@ -152,15 +153,21 @@ class Losses:
         return terms
 
 
-def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
-    """Backward and Adam step, through the fp16 gradient scaler when there is one."""
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                   grad_clip: float = 0.0) -> None:
+    """Backward and Adam step, through the fp16 gradient scaler when there is one; `grad_clip` > 0 caps the
+    global gradient norm (the normalization-free SR nets can diverge without it)."""
     opt.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler else loss).backward()
+    if grad_clip > 0:
+        if scaler:
+            scaler.unscale_(opt)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if scaler:
-        scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
     else:
-        loss.backward()
         opt.step()
 
 
@@ -410,7 +417,7 @@ def train(
                     raise FloatingPointError(f"loss is {total.item()} for 10 iterations in a row at {iteration}")
                 continue
             bad_steps = 0
-            optimizer_step(total, opt, scaler if use_amp else None)
+            optimizer_step(total, opt, scaler if use_amp else None, cfg.grad_clip)
             iteration += 1
             bar.update(1)
             if not main_process:
