@@ -38,6 +38,15 @@ def match_histograms(image: torch.Tensor, reference: torch.Tensor) -> torch.Tens
     return torch.from_numpy(out).to(image.device, torch.float32).unsqueeze(0)
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' = CUDA when present, else the CPU; asking for CUDA without it is an error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available")
+    return torch.device(name)
+
+
 def run(net: TransformNet, image: torch.Tensor, histmatch: bool = False) -> torch.Tensor:
     """Apply `net` to a 1x3xHxW image; the output is clamped to [0, 255], float32, on the image's device.
 

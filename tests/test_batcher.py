@@ -49,7 +49,12 @@ def test_oversized_groups_are_split():
     q = MemoryQueue()
     for model in ["muse"] * 3 + ["wave"]:
         q.submit(model, {"size": 64}, b"x")
-    threading.Timer(0.05, lambda: [q.submit("muse", {"size": 64}, b"x") for _ in range(4)]).start()
+    def late_arrivals() -> None:
+        with q._cond:  # the four arrive together, so one reserve call sees them all (the lock is reentrant)
+            for _ in range(4):
+                q.submit("muse", {"size": 64}, b"x")
+
+    threading.Timer(0.05, late_arrivals).start()
     batches = _collect(q, max_batch=4, delay_s=5.0)  # returns as soon as the late arrivals fill the group
     assert sorted(len(b) for b in batches) == [1, 3, 4]  # seven muse jobs -> 4 + 3
 

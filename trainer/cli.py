@@ -168,9 +168,10 @@ def optimize(
 ) -> None:
     """The Gatys et al. baseline: L-BFGS from white noise, projected to [0, 255] after every step."""
     from model_store.images import load_image, save_image
+    from model_store.inference import resolve_device
     from trainer.gatys import optimize as run_gatys
     from trainer.losses import StyleObjective, StyleWeights
-    from trainer.train import STYLE_DEFAULTS, resolve_device
+    from trainer.train import STYLE_DEFAULTS
     from trainer.vgg import load_loss_network
 
     dev = resolve_device(device)
@@ -227,8 +228,8 @@ def eval_style(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The network's objective in one pass vs the Gatys optimizer's after N iterations (the paper's Fig. 5)."""
+    from model_store.inference import resolve_device
     from trainer.evaluate import evaluate_style, format_style_table
-    from trainer.train import resolve_device
 
     iters = tuple(sorted(int(n) for n in gatys_iterations.split(",") if n.strip()))
     try:
@@ -250,8 +251,8 @@ def report(
     device: str = Device,
 ) -> None:
     """Regenerate docs/RESULTS.md: SR table, style objective vs Gatys, crops and gallery."""
+    from model_store.inference import resolve_device
     from trainer.report import build_report
-    from trainer.train import resolve_device
 
     path = build_report(out, sr_data or None, content_dir,
                         [s.strip() for s in styles.split(",") if s.strip()] if styles else None,

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from model_store import store
 from model_store.images import load_image, to_pil
+from model_store.inference import resolve_device
 from model_store.networks import NetworkConfig, TransformNet, build_network
 from trainer import data
 from trainer.losses import CONTENT_LAYER, StyleObjective, StyleWeights, feature_loss, pixel_loss, tv_loss
@@ -92,14 +93,6 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available")
-    return torch.device(name)
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype | None:

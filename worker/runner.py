@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from model_store import store
-from model_store.inference import match_histograms
+from model_store.inference import match_histograms, resolve_device
 from model_store.networks import TransformNet
 from service import images
 from worker.batcher import collect
@@ -28,12 +28,6 @@ from worker.settings import WorkerSettings
 from worker.tiling import run_net_tiled
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class ModelCache:
@@ -249,8 +243,6 @@ class Worker:
 def serve_forever(settings: WorkerSettings | None = None) -> None:
     """`percept worker`: a worker process on the Redis queue until SIGTERM/SIGINT."""
     import signal
-
-    from worker.queue import RedisQueue
 
     settings = settings or WorkerSettings()
     if not settings.redis_url:
