@@ -173,6 +173,7 @@ def test_checkpoint_loads_and_publishes(style_run: tuple[dict, Path], tmp_store:
     assert training["iterations"] == 20 and training["task"] == "style"
     assert training["style_weight"] == ckpt["config"]["style_weight"]
     assert training["content_weight"] == ckpt["config"]["content_weight"]
+    assert training["grad_clip"] == ckpt["config"]["grad_clip"]
     assert training["style_image"] == "style.png" and training["final_losses"] == ckpt["extra"]["losses"]
     with Image.open(entry.path / store.STYLE_FILE) as im:
         assert max(im.size) == 48  # the style image as trained (style_size)

@@ -457,7 +457,8 @@ def training_facts(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a manifest records about how a model was trained."""
     cfg = ckpt["config"]
     task_keys = ("style_size", "content_weight", "style_weight") if cfg["task"] == "style" else ("loss", "factor")
-    facts = {k: cfg[k] for k in ("task", "batch_size", "image_size", "tv_weight", "lr", "seed", "amp", *task_keys)}
+    keys = ("task", "batch_size", "image_size", "tv_weight", "lr", "grad_clip", "seed", "amp", *task_keys)
+    facts = {k: cfg.get(k) for k in keys}  # .get: checkpoints from before grad_clip existed
     facts["iterations"] = ckpt["iteration"]
     if cfg["task"] == "style":
         facts["style_image"] = Path(cfg["style_image"]).name
