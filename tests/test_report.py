@@ -25,7 +25,8 @@ def test_report_writes_tables_and_images(tmp_path: Path, shared_data: Path, vgg_
     assert result.exit_code == 0, result.output
     text = (out / "RESULTS.md").read_text()
     assert "| Set5 | x4 | bicubic |" in text and "| Set5 | x8 | feat | sr_x8 v" in text
-    assert "sr_x4_pixel | not shipped" in text or "| Set5 | x4 | pixel | sr_x4_pixel v" in text
+    assert "| Set5 | x4 | pixel | sr_x4_pixel v" in text  # all three x4 methods are built in
+    assert "- Set5 x4: l_pixel scores " in text and "against l_pixel, with sharpness" in text
     assert "| muse v" in text and "Gatys @2" in text
     assert "`percept report" in text  # every figure says how it was made
     for img in ("sr_crops.png", "gallery.jpg"):
