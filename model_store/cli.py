@@ -100,9 +100,14 @@ def upscale(
     src: Path = typer.Argument(..., exists=True, help="An image, or a folder of images."),
     dst: Path = typer.Argument(..., help="Output image (or folder)."),
     factor: int = typer.Option(4, "--factor", help="4 | 8"),
-    model: str = typer.Option(None, "--model", help="SR model name (default: sr_x<factor>)."),
+    loss: str = typer.Option("feat", "--loss", help="feat (sr_x<factor>) | pixel (sr_x<factor>_pixel)."),
+    model: str = typer.Option(None, "--model", help="SR model name (default: from --factor and --loss)."),
     histmatch: bool = typer.Option(False, "--histmatch", help="Match the output's histogram to the input's."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Upscale images locally with a super-resolution model from the store."""
-    _apply(model or store.sr_model_name(factor), src, dst, histmatch, None, device, factor)
+    try:
+        name = model or store.sr_model_name(factor, loss)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--loss") from e
+    _apply(name, src, dst, histmatch, None, device, factor)

@@ -232,9 +232,20 @@ def publish(
     return ModelVersion(name, version, model_dir / str(version), manifest)
 
 
-def sr_model_name(factor: int) -> str:
-    """The model that serves `upscale` at this factor (the feature-loss network, as in the paper's figures)."""
-    return f"sr_x{factor}"
+SR_LOSSES = ("feat", "pixel")
+
+
+def sr_model_name(factor: int, loss: str = "feat") -> str:
+    """The model that serves `upscale` at this factor and loss: `sr_x4` is the feature-loss network (the paper's
+    figures, and the default), `sr_x4_pixel` the pixel-loss baseline."""
+    if loss not in SR_LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(SR_LOSSES)}, got {loss!r}")
+    return f"sr_x{factor}" if loss == "feat" else f"sr_x{factor}_{loss}"
+
+
+def sr_loss(name: str, factor: int) -> str | None:
+    """The `loss` under which `upscale` serves the SR model `name`, or None when no (factor, loss) maps to it."""
+    return next((loss for loss in SR_LOSSES if name == sr_model_name(factor, loss)), None)
 
 
 def _writable_dir(name: str) -> Path:

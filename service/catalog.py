@@ -42,6 +42,7 @@ def model_info(name: str, serving: dict[str, set[int]] | None = None) -> ModelIn
         name=name, kind=m["kind"], factor=int(m["factor"]), version=entry.version, versions=store.versions(name),
         serving_versions=sorted((serving or {}).get(name, set())), created_at=m.get("created_at"),
         training={k: training[k] for k in TRAINING_SUMMARY if k in training},
+        loss=store.sr_loss(name, int(m["factor"])) if m["kind"] == "sr" else None,
         thumbnail_url=f"/styles/{name}/thumbnail" if has_thumbnail else None,
     )
 
@@ -77,28 +78,33 @@ def check_style(name: str) -> None:
         raise HTTPException(404, f"unknown style {name!r}; known styles: {known}")
 
 
-def sr_factors() -> list[int]:
+def sr_models() -> list[tuple[int, str]]:
+    """(factor, loss) of every SR model that `upscale` serves, by factor, then feat before pixel."""
     out = []
     for name in store.list_models():
         try:
             m = store.get(name).manifest
         except (store.ModelStoreError, OSError, ValueError, KeyError):
             continue
-        if m["kind"] == "sr" and name == store.sr_model_name(int(m["factor"])):
-            out.append(int(m["factor"]))
-    return sorted(out)
+        if m["kind"] == "sr" and (loss := store.sr_loss(name, int(m["factor"]))):
+            out.append((int(m["factor"]), loss))
+    return sorted(out, key=lambda fl: (fl[0], store.SR_LOSSES.index(fl[1])))
 
 
-def check_sr(factor: int) -> str:
-    name = store.sr_model_name(factor)
+def check_sr(factor: int, loss: str = "feat") -> str:
+    name = store.sr_model_name(factor, loss)
     try:
         m = store.get(name).manifest
         if m["kind"] == "sr" and int(m["factor"]) == factor:
             return name
     except store.ModelStoreError:
         pass
-    available = ", ".join(map(str, sr_factors())) or "none"
-    raise HTTPException(404, f"no super-resolution model for factor {factor}; available factors: {available}")
+    by_loss: dict[str, list[str]] = {}
+    for f, fl in sr_models():
+        by_loss.setdefault(fl, []).append(str(f))
+    available = "; ".join(f"{', '.join(fs)} (loss={fl})" for fl, fs in by_loss.items()) or "none"
+    raise HTTPException(404, f"no super-resolution model for factor {factor} with loss={loss}; "
+                             f"available factors: {available}")
 
 
 def thumbnail(state: ServiceState, name: str, size: int) -> bytes:

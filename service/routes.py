@@ -2,7 +2,7 @@
 
 Public (``public_api_key`` when set)::
 
-    POST /stylize?style=NAME       POST /upscale?factor=4|8        image in, image out (or 202 + job)
+    POST /stylize?style=NAME       POST /upscale?factor=4|8[&loss=pixel]   image in, image out (or 202 + job)
     GET  /jobs/{id}                GET  /jobs/{id}/result
     GET  /styles                   GET  /styles/{name}/thumbnail   GET /models
 
@@ -29,7 +29,7 @@ from model_store import store
 from service.catalog import all_models, check_sr, check_style, model_error, model_info, serving_versions, thumbnail
 from service.deps import MULTIPART_SLACK, THUMBNAIL_SIDE, ServiceState, get_state, require_admin, require_public
 from service.jobs import finished_or_pending, job_id_ok, run_job
-from service.schemas import DefaultVersion, Error, Health, JobStatus, ModelInfo, Published, WorkerInfo
+from service.schemas import DefaultVersion, Error, Health, JobStatus, ModelInfo, Published, SrLoss, WorkerInfo
 from service.settings import ServiceSettings
 from service.uploads import media_type
 
@@ -101,13 +101,16 @@ async def upscale(
     fmt: OutputFormat | None = FORMAT_Q,
     quality: int | None = QUALITY_Q,
     max_side: int | None = MAX_SIDE_Q,
+    loss: SrLoss = Query(
+        "feat", description="feat: the feature-loss network (sharper detail, as in the paper's figures); pixel: the "
+                            "pixel-loss baseline (higher PSNR, smoother)"),
     histmatch: bool = Query(False, description="match the output's colour histogram to the input's"),
     wait: float | None = WAIT_Q,
     run_async: bool = ASYNC_Q,
     state: ServiceState = Depends(get_state),
 ) -> Response:
     """Super-resolve an image by `factor` (raw body with an image/* Content-Type, or multipart field `file`)."""
-    model = check_sr(factor)
+    model = check_sr(factor, loss)
     params = {"format": fmt, "quality": quality, "max_side": max_side, "histmatch": histmatch}
     return await run_job(request, state, model, factor, params, wait, run_async)
 

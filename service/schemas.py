@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+SrLoss = Literal["feat", "pixel"]  # model_store.store.SR_LOSSES, as the API accepts them
 
 
 class Error(BaseModel):
@@ -63,6 +64,8 @@ class ModelInfo(BaseModel):
                                           "within the workers' reload interval)")
     created_at: str | None = None
     training: dict[str, Any] = Field(default_factory=dict, description="a summary of how the version was trained")
+    loss: SrLoss | None = Field(
+        None, description="SR models: the `loss` of POST /upscale that selects this model (with its factor)")
     thumbnail_url: str | None = None
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from percept.cli import app
 
-BUILTIN_MODELS = ("muse", "starry_night", "wave", "candy", "mosaic", "udnie", "sr_x4", "sr_x8")
+BUILTIN_MODELS = ("muse", "starry_night", "wave", "candy", "mosaic", "udnie", "sr_x4", "sr_x8", "sr_x4_pixel")
 COMMANDS = (
     [], ["train"], ["train", "style"], ["train", "sr"], ["optimize"], ["eval"], ["eval", "sr"], ["eval", "style"],
     ["models"], ["models", "list"], ["models", "show"], ["models", "publish"], ["stylize"], ["upscale"],
@@ -123,24 +123,26 @@ def test_stylize_keeps_the_size(tmp_path: Path) -> None:
         assert im.size == (40, 28) and im.mode == "RGB"
 
 
-def test_upscale_by_four(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("loss", "model"), [([], "sr_x4"), (["--loss", "pixel"], "sr_x4_pixel")])
+def test_upscale_by_four(loss: list[str], model: str, tmp_path: Path) -> None:
     src = random_image(tmp_path / "in.png", 16, 12)
     dst = tmp_path / "out.png"
-    result = invoke("upscale", "--factor", "4", src, dst)
+    result = invoke("upscale", "--factor", "4", *loss, src, dst)
     assert result.exit_code == 0, result.output
-    assert "sr_x4" in result.stdout
+    assert f"({model} v1)" in result.stdout
     with Image.open(dst) as im:
         assert im.size == (64, 48)
 
 
-@pytest.mark.parametrize("command", [["stylize", "--model", "no_such_model"],
-                                     ["upscale", "--model", "no_such_model"]])
-def test_unknown_model_is_a_clean_error(command: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("command", "named"), [(["stylize", "--model", "no_such_model"], "no_such_model"),
+                                                (["upscale", "--model", "no_such_model"], "no_such_model"),
+                                                (["upscale", "--loss", "l1"], "'l1'")])
+def test_unknown_model_is_a_clean_error(command: list[str], named: str, tmp_path: Path) -> None:
     src = random_image(tmp_path / "in.png", 16, 12)
     result = invoke(*command, src, tmp_path / "out.png")
     assert result.exit_code != 0
     assert isinstance(result.exception, SystemExit)  # a usage error, not an exception escaping the command
-    assert "no_such_model" in result.output and "Traceback" not in result.output
+    assert named in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out.png").exists()
 
 

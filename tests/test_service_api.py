@@ -131,10 +131,18 @@ def test_stylize_returns_an_image_of_the_same_size(client: TestClient) -> None:
 
 
 def test_upscale_x4_returns_four_times_the_size(client: TestClient) -> None:
-    r = post_image(client, "/upscale", photo(), factor=4)
+    src = photo()
+    r = post_image(client, "/upscale", src, factor=4)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
     assert decode(r.content).size == (4 * W, 4 * H)
+
+    # loss=pixel selects the pixel-loss baseline: another network, the same size.
+    pixel = post_image(client, "/upscale", src, factor=4, loss="pixel")
+    assert pixel.status_code == 200, pixel.text
+    assert decode(pixel.content).size == (4 * W, 4 * H)
+    assert (r.headers["X-Model"], pixel.headers["X-Model"]) == ("sr_x4", "sr_x4_pixel")
+    assert np.abs(np.asarray(decode(pixel.content), float) - np.asarray(decode(r.content), float)).mean() > 1
 
 
 def test_format_quality_and_max_side(client: TestClient) -> None:
@@ -222,7 +230,10 @@ BAD = [
     ("unknown style", "/stylize", {"style": "van_gogh"}, photo(), "image/png", 404, "candy"),
     ("path-like style", "/stylize", {"style": "../sr_x4"}, photo(), "image/png", 404, "known styles"),
     ("missing style", "/stylize", {}, photo(), "image/png", 422, "style"),
-    ("factor 3", "/upscale", {"factor": 3}, photo(), "image/png", 404, "available factors: 4, 8"),
+    ("factor 3", "/upscale", {"factor": 3}, photo(), "image/png", 404, "available factors: 4, 8 (loss=feat); 4 "
+     "(loss=pixel)"),
+    ("no pixel-loss x8", "/upscale", {"factor": 8, "loss": "pixel"}, photo(), "image/png", 404, "loss=pixel"),
+    ("loss l1", "/upscale", {"factor": 4, "loss": "l1"}, photo(), "image/png", 422, "loss"),
     ("strength 2", "/stylize", {"style": "candy", "strength": 2}, photo(), "image/png", 422, "strength"),
     ("quality 0", "/stylize", {"style": "candy", "quality": 0}, photo(), "image/png", 422, "quality"),
     ("format gif", "/stylize", {"style": "candy", "format": "gif"}, photo(), "image/png", 422, "format"),
@@ -360,6 +371,7 @@ def test_models_and_styles(client: TestClient) -> None:
     models = {m["name"]: m for m in client.get("/models").json()}
     assert {"candy", "mosaic", "muse", "starry_night", "udnie", "wave", "sr_x4", "sr_x8"} <= set(models)
     assert models["sr_x8"]["kind"] == "sr" and models["sr_x8"]["factor"] == 8
+    assert [models[n]["loss"] for n in ("sr_x4", "sr_x4_pixel", "muse")] == ["feat", "pixel", None]
     assert models["candy"]["version"] in models["candy"]["versions"]
     assert models["candy"]["serving_versions"] == [models["candy"]["version"]]
     assert models["candy"]["training"]["iterations"] > 0

@@ -225,8 +225,12 @@ def test_upscale_by_four(page: Page, photo: Path) -> None:
     p = page.page
     p.set_input_files("#file", str(photo))
     p.get_by_text("Upscale", exact=True).click()
-    p.locator("label.card[data-value='4']").click()
-    assert p.locator("#factor-4").is_checked()
+    # One card per SR model that /upscale serves: by factor, the feature-loss network first.
+    cards = p.locator("#factors label.card")
+    assert cards.evaluate_all("cs => cs.map(c => c.dataset.value)") == ["sr_x4", "sr_x4_pixel", "sr_x8"]
+    assert "Smooth" in p.locator("label.card[data-value=sr_x4_pixel]").inner_text()
+    p.locator("label.card[data-value=sr_x4]").click()
+    assert p.locator("#factor-sr_x4").is_checked()
     assert "256 × 192 px" in p.locator("#output-size").inner_text()
 
     assert run_job(page) == 4 * W
@@ -238,6 +242,13 @@ def test_upscale_by_four(page: Page, photo: Path) -> None:
     assert box_before and box_after and abs(box_before["width"] - box_after["width"]) < 1
     assert p.locator("#download").get_attribute("download") == "street-x4.png"
     page.screenshot("4_upscaled")
+
+    # The pixel-loss card asks /upscale for loss=pixel.
+    p.locator("label.card[data-value=sr_x4_pixel]").click()
+    assert run_job(page) == 4 * W
+    posts = [r for r in page.requests if r.startswith("POST ")]
+    assert "loss" not in posts[0] and all(q in posts[1] for q in ("factor=4", "loss=pixel")), posts
+    assert p.locator("#download").get_attribute("download") == "street-x4-pixel.png"
     page.assert_no_errors()
 
 
