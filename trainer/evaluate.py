@@ -16,10 +16,12 @@ iterations on the same images (the paper's Fig. 5), see `evaluate_style`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from model_store import store
 from model_store.images import load_image
@@ -141,6 +143,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _progress(bar: tqdm) -> Callable[[int, float], None]:
+    def update(iteration: int, value: float) -> None:
+        bar.set_postfix(objective=f"{value:.4g}", refresh=False)
+        bar.update(iteration - bar.n)
+    return update
+
+
 def evaluate_style(
     model: str,
     content_dir: str | Path,
@@ -179,7 +188,9 @@ def evaluate_style(
         net_seconds = time.perf_counter() - start
         with torch.no_grad():
             net_value = objective(out, objective.content_features(content))["total"].item()
-        gatys = optimize(objective, content, max(gatys_iterations))
+        with tqdm(total=max(gatys_iterations), desc=f"{model}: Gatys on {path.name}", unit="it", leave=False,
+                  dynamic_ncols=True) as bar:
+            gatys = optimize(objective, content, max(gatys_iterations), on_iteration=_progress(bar))
         rows.append({
             "image": path.name,
             "size": list(content.shape[-2:]),

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from model_store import store
 from model_store.images import load_image, to_pil
@@ -42,19 +43,19 @@ def _sr_section(sr_dirs: list[Path], device: str) -> tuple[list[str], list[dict[
     lines = ["| set | factor | method | model | PSNR | SSIM | paper PSNR / SSIM | sharpness (SR / HR) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     results = []
-    for folder in sr_dirs:
-        for factor, methods in SR_METHODS.items():
-            for method, model in methods:
-                if model != "bicubic" and model not in store.list_models():
-                    lines.append(f"| {folder.name} | x{factor} | {method} | {model} | not shipped | | | |")
-                    continue
-                r = evaluate_sr(model, factor, folder, "paper", device=device)
-                results.append(r)
-                paper = PAPER_X4.get(folder.name, {}).get(method) if factor == 4 else None
-                ref = f"{paper[0]:.2f} / {paper[1]:.4f}" if paper else "-"
-                version = f" v{r['version']}" if r["version"] else ""
-                lines.append(f"| {folder.name} | x{factor} | {method} | {model}{version} | {r['psnr']:.2f} | "
-                             f"{r['ssim']:.4f} | {ref} | {r['grad_sr']:.2f} / {r['grad_hr']:.2f} |")
+    runs = [(folder, factor, method, model) for folder in sr_dirs for factor, methods in SR_METHODS.items()
+            for method, model in methods]
+    for folder, factor, method, model in tqdm(runs, desc="report: super-resolution", unit="run", dynamic_ncols=True):
+        if model != "bicubic" and model not in store.list_models():
+            lines.append(f"| {folder.name} | x{factor} | {method} | {model} | not shipped | | | |")
+            continue
+        r = evaluate_sr(model, factor, folder, "paper", device=device)
+        results.append(r)
+        paper = PAPER_X4.get(folder.name, {}).get(method) if factor == 4 else None
+        ref = f"{paper[0]:.2f} / {paper[1]:.4f}" if paper else "-"
+        version = f" v{r['version']}" if r["version"] else ""
+        lines.append(f"| {folder.name} | x{factor} | {method} | {model}{version} | {r['psnr']:.2f} | "
+                     f"{r['ssim']:.4f} | {ref} | {r['grad_sr']:.2f} / {r['grad_hr']:.2f} |")
     return lines, results
 
 
@@ -163,7 +164,7 @@ def build_report(
     md += [header, "|" + " --- |" * (3 + len(gatys_iterations))]
     misses: list[str] = []
     trained: list[int] = []
-    for name in styles:
+    for name in tqdm(styles, desc="report: styles vs Gatys", unit="style", dynamic_ncols=True):
         r = evaluate_style(name, content_dir, gatys_iterations, image_size, limit, device)
         trained.append(int(store.get(name).manifest.get("training", {}).get("iterations") or 0))
         cells = [f"{r['gatys'][n]:.4g} ({r['gatys_seconds'][n]:.1f} s)" for n in gatys_iterations]
