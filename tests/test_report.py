@@ -31,3 +31,20 @@ def test_report_writes_tables_and_images(tmp_path: Path, shared_data: Path, vgg_
     assert "`percept report" in text  # every figure says how it was made
     for img in ("sr_crops.png", "gallery.jpg"):
         assert Image.open(out / "img" / img).size[0] > 100
+
+
+def _style_result(model: str, network: float, at_100: float) -> dict:
+    return {"model": model, "network": network, "gatys": {50: at_100 * 1.2, 100: at_100}}
+
+
+def test_style_findings_say_who_misses_the_optimizer_and_how_they_were_trained() -> None:
+    from trainer.report import _style_findings
+
+    manifests = [{"network": {"width": 0.5}, "training": {"iterations": n}} for n in (6970, 7000)]
+    text = _style_findings([_style_result("muse", 139.0, 100.0), _style_result("wave", 90.0, 100.0)], manifests)[0]
+    assert text.startswith("**1 of 2 networks do not reach") and "(muse by 39%)" in text and "wave" not in text
+    assert "6,970-7,000 iterations at width multiplier 0.5" in text
+
+    met = _style_findings([_style_result("wave", 100.0, 100.0)], manifests[:1])
+    assert met[0].startswith("Every network reaches an objective at or below")
+    assert _style_findings([{"model": "muse", "network": 1.0, "gatys": {1: 2.0}}], manifests[:1]) == []
