@@ -125,13 +125,19 @@ def _sr_crops(image: Path, out: Path, device: str) -> None:
     _labelled_row([(label, to_pil(t[..., y : y + side, x : x + side])) for label, t in tiles], 256).save(out)
 
 
+def _square(im: Image.Image) -> Image.Image:
+    side = min(im.size)
+    left, top = (im.width - side) // 2, (im.height - side) // 2
+    return im.crop((left, top, left + side, top + side))
+
+
 def _gallery(styles: list[str], photos: list[Path], out: Path, device: str) -> None:
     rows = []
     for photo_path in photos:
         photo = load_image(photo_path, max_side=256).to(device)
-        tiles = [("photo", to_pil(photo))]
-        tiles += [(name, to_pil(run(store.load(name, device=device)[0], photo))) for name in styles]
-        rows.append(_labelled_row(tiles, 160))
+        tiles = [("photo", _square(to_pil(photo)))]
+        tiles += [(name, _square(to_pil(run(store.load(name, device=device)[0], photo)))) for name in styles]
+        rows.append(_labelled_row(tiles, 160))  # square tiles: every row is as wide, portraits or not
     grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     y = 0
     for r in rows:
