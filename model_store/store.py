@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -232,7 +232,8 @@ def publish(
     return ModelVersion(name, version, model_dir / str(version), manifest)
 
 
-SR_LOSSES = ("feat", "pixel")
+SrLoss = Literal["feat", "pixel"]  # the losses an SR model of `upscale` is trained with
+SR_LOSSES: tuple[str, ...] = get_args(SrLoss)
 
 
 def sr_model_name(factor: int, loss: str = "feat") -> str:

@@ -29,7 +29,7 @@ from model_store import store
 from service.catalog import all_models, check_sr, check_style, model_error, model_info, serving_versions, thumbnail
 from service.deps import MULTIPART_SLACK, THUMBNAIL_SIDE, ServiceState, get_state, require_admin, require_public
 from service.jobs import finished_or_pending, job_id_ok, run_job
-from service.schemas import DefaultVersion, Error, Health, JobStatus, ModelInfo, Published, SrLoss, WorkerInfo
+from service.schemas import DefaultVersion, Error, Health, JobStatus, ModelInfo, Published, WorkerInfo
 from service.settings import ServiceSettings
 from service.uploads import media_type
 
@@ -101,7 +101,7 @@ async def upscale(
     fmt: OutputFormat | None = FORMAT_Q,
     quality: int | None = QUALITY_Q,
     max_side: int | None = MAX_SIDE_Q,
-    loss: SrLoss = Query(
+    loss: store.SrLoss = Query(
         "feat", description="feat: the feature-loss network (sharper detail, as in the paper's figures); pixel: the "
                             "pixel-loss baseline (higher PSNR, smoother)"),
     histmatch: bool = Query(False, description="match the output's colour histogram to the input's"),

@@ -6,8 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from model_store.store import SrLoss
+
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
-SrLoss = Literal["feat", "pixel"]  # model_store.store.SR_LOSSES, as the API accepts them
 
 
 class Error(BaseModel):

@@ -43,10 +43,11 @@ def _sr_section(sr_dirs: list[Path], device: str) -> tuple[list[str], list[dict[
     lines = ["| set | factor | method | model | PSNR | SSIM | paper PSNR / SSIM | sharpness (SR / HR) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     results = []
+    shipped = set(store.list_models())
     runs = [(folder, factor, method, model) for folder in sr_dirs for factor, methods in SR_METHODS.items()
             for method, model in methods]
     for folder, factor, method, model in tqdm(runs, desc="report: super-resolution", unit="run", dynamic_ncols=True):
-        if model != "bicubic" and model not in store.list_models():
+        if model != "bicubic" and model not in shipped:
             lines.append(f"| {folder.name} | x{factor} | {method} | {model} | not shipped | | | |")
             continue
         r = evaluate_sr(model, factor, folder, "paper", device=device)
@@ -80,8 +81,7 @@ def _style_findings(results: list[dict[str, Any]], manifests: list[dict[str, Any
     When some miss, by how much, and how they were trained (from their manifests) against the paper."""
     if not results or any(100 not in r["gatys"] for r in results):
         return []
-    misses = [f"{r['model']} by {(r['network'] / r['gatys'][100] - 1) * 100:.0f}%" for r in results
-              if r["network"] > r["gatys"][100]]
+    misses = [f"{r['model']} by {_vs_100(r):.0f}%" for r in results if _vs_100(r) > 0]
     if not misses:
         return ["Every network reaches an objective at or below the optimizer's after 100 iterations, in one pass.",
                 ""]
@@ -91,6 +91,11 @@ def _style_findings(results: list[dict[str, Any]], manifests: list[dict[str, Any
             f"iterations** ({', '.join(misses)}). These networks were trained for {_span(trained, ',')} iterations "
             f"at width multiplier {_span(widths, 'g')}, against the paper's 40,000 at full width (1.0): the likely "
             "reason, not tested here (a paper-length run needs a GPU: `scripts/train_builtin.sh`).", ""]
+
+
+def _vs_100(r: dict[str, Any]) -> float:
+    """How far (%) a network's objective is above the optimizer's after 100 iterations; negative = below."""
+    return (r["network"] / r["gatys"][100] - 1) * 100
 
 
 def _span(values: list[Any], fmt: str) -> str:
@@ -133,10 +138,11 @@ def _square(im: Image.Image) -> Image.Image:
 
 def _gallery(styles: list[str], photos: list[Path], out: Path, device: str) -> None:
     rows = []
+    nets = {name: store.load(name, device=device)[0] for name in styles}
     for photo_path in photos:
         photo = load_image(photo_path, max_side=256).to(device)
         tiles = [("photo", _square(to_pil(photo)))]
-        tiles += [(name, _square(to_pil(run(store.load(name, device=device)[0], photo)))) for name in styles]
+        tiles += [(name, _square(to_pil(run(net, photo)))) for name, net in nets.items()]
         rows.append(_labelled_row(tiles, 160))  # square tiles: every row is as wide, portraits or not
     grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
     y = 0
@@ -196,8 +202,7 @@ def build_report(
         r = evaluate_style(name, content_dir, gatys_iterations, image_size, limit, device)
         results.append(r)
         cells = [f"{r['gatys'][n]:.4g} ({r['gatys_seconds'][n]:.1f} s)" for n in gatys_iterations]
-        ref = r["gatys"].get(100)
-        verdict = "-" if ref is None else f"{(r['network'] / ref - 1) * 100:+.0f}%"
+        verdict = f"{_vs_100(r):+.0f}%" if 100 in r["gatys"] else "-"
         md.append(f"| {name} v{r['version']} | {r['network']:.4g} ({r['network_seconds'] * 1000:.0f} ms) | "
                   + " | ".join(cells) + f" | {verdict} |")
     md += ["", f"Measured with {stamp}. Negative = the network's objective is below the optimizer's after 100 "
