@@ -45,8 +45,8 @@ import torchvision
 from model_store import store
 from model_store.networks import NetworkConfig, TransformNet, build_network
 from trainer.gatys import optimize
-from trainer.losses import StyleObjective
-from trainer.train import STYLE_DEFAULTS, optimizer_step
+from trainer.losses import RECIPES, StyleObjective
+from trainer.train import optimizer_step
 from trainer.vgg import LossNetwork, load_loss_network
 
 FALLBACK = NetworkConfig(kind="style", preset="modern", width=0.5)
@@ -101,7 +101,7 @@ def bench_train(config: NetworkConfig, vgg: LossNetwork, device: torch.device, s
     """Median ms per training iteration (forward, losses, backward, Adam step), as trainer.train runs it."""
     torch.manual_seed(0)
     net = build_network(config).to(device).train()
-    objective = StyleObjective(vgg, images(1, size, device, seed=1), STYLE_DEFAULTS)
+    objective = StyleObjective(vgg, images(1, size, device, seed=1), RECIPES["balanced"])
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x = images(batch, size, device, seed=2)
     channels_last = device.type == "cuda"
@@ -123,7 +123,7 @@ def bench_train(config: NetworkConfig, vgg: LossNetwork, device: torch.device, s
 
 def bench_gatys(vgg: LossNetwork, device: torch.device, size: int, iterations: int) -> dict[str, float]:
     """ms per L-BFGS-B iteration: steady state (from the result's timestamps) and whole call / iterations."""
-    objective = StyleObjective(vgg, images(1, size, device, seed=1), STYLE_DEFAULTS)
+    objective = StyleObjective(vgg, images(1, size, device, seed=1), RECIPES["balanced"])
     content = images(1, size, device, seed=2)
     optimize(objective, content, 1)  # warm-up
     start = time.perf_counter()

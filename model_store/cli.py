@@ -42,15 +42,23 @@ def show(name: str, version: int = typer.Option(None, "--version")) -> None:
 
 @models_app.command("publish")
 def publish(
-    checkpoint: Path = typer.Argument(..., exists=True, dir_okay=False, help="A training checkpoint (.pt)."),
+    checkpoint: Path = typer.Argument(..., exists=True, help="A training checkpoint (.pt) or a run folder."),
     name: str = typer.Option(..., "--name"),
     fp32: bool = typer.Option(False, "--fp32", help="Store fp32 weights (default: fp16, half the size)."),
+    last: bool = typer.Option(False, "--last", help="Publish last.pt as given, not the run's best.pt."),
 ) -> None:
-    """Publish a trained checkpoint as the next version of NAME."""
-    from trainer.train import publish_checkpoint
+    """Publish a trained checkpoint as the next version of NAME: the run's best (lowest validation objective)
+    checkpoint when given its last.pt or its folder, unless --last."""
+    from trainer.train import best_checkpoint, publish_checkpoint
 
+    if checkpoint.is_dir() and last:
+        checkpoint = checkpoint / "checkpoints" / "last.pt"
+    chosen = checkpoint if last else best_checkpoint(checkpoint)
+    if not chosen.is_file():
+        raise typer.BadParameter(f"no checkpoint at {chosen}")
     try:
-        typer.echo(json.dumps(publish_checkpoint(checkpoint, name, half=not fp32), indent=2))
+        typer.echo(json.dumps({"checkpoint": str(chosen), **publish_checkpoint(chosen, name, half=not fp32)},
+                              indent=2))
     except store.ModelStoreError as e:
         raise typer.BadParameter(str(e)) from e
 

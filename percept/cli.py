@@ -6,12 +6,13 @@ import typer
 
 from model_store.cli import models_app, stylize, upscale
 from service.cli import serve, worker
-from trainer.cli import eval_app, optimize, report, train_app
+from trainer.cli import eval_app, optimize, report, style_app, train_app
 
 app = typer.Typer(help="percept: perceptual-loss style transfer and super-resolution.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(models_app, name="models")
+app.add_typer(style_app, name="style")
 app.command("optimize")(optimize)
 app.command("report")(report)
 app.command("stylize")(stylize)

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 # Models
 
 
-TRAINING_SUMMARY = ("task", "iterations", "image_size", "batch_size", "style_image", "style_size", "loss",
-                    "content_weight", "style_weight", "tv_weight", "final_losses", "wall_seconds", "hardware")
+TRAINING_SUMMARY = ("task", "iterations", "image_size", "batch_size", "style_image", "style_size", "loss", "recipe",
+                    "content_weight", "style_weight", "tv_weight", "content_layer", "normalization", "init_from",
+                    "final_losses", "best_validation", "wall_seconds", "hardware", "command")
 
 
 def serving_versions(queue: Any, settings: ServiceSettings) -> dict[str, set[int]]:

@@ -18,6 +18,7 @@ BUILTIN_MODELS = ("muse", "starry_night", "wave", "candy", "mosaic", "udnie", "s
 COMMANDS = (
     [], ["train"], ["train", "style"], ["train", "sr"], ["optimize"], ["eval"], ["eval", "sr"], ["eval", "style"],
     ["models"], ["models", "list"], ["models", "show"], ["models", "publish"], ["stylize"], ["upscale"],
+    ["style"], ["style", "preview"],
 )
 
 runner = CliRunner()
@@ -90,9 +91,46 @@ def test_optimize_writes_image_and_trace(vgg_weights: Path, tmp_path: Path, monk
     assert trace["output"] == str(out)
     assert len(trace["objective"]) == 4 and len(trace["seconds"]) == 4
     assert trace["objective"][-1] < trace["objective"][0]
-    assert set(trace["weights"]) == {"content", "style", "tv"}
+    assert trace["recipe"]["normalization"] == "relative" and trace["recipe"]["content_layer"] == "relu3_3"
     with Image.open(out) as im:
         assert im.size == (32, 27)  # the content image shrunk to a longer side of 32
+
+
+def test_optimize_takes_the_paper_recipe(vgg_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERCEPT_VGG_WEIGHTS", str(vgg_weights))
+    content = random_image(tmp_path / "content.png", 32, 32, seed=1)
+    style = random_image(tmp_path / "style.png", 32, 32, seed=2)
+    result = invoke("optimize", "--content", content, "--style", style, "--iterations", "1", "--image-size", "32",
+                    "--output", tmp_path / "o.png", "--json", "--recipe", "paper", "--style-weight", "2e-4")
+    assert result.exit_code == 0, result.output
+    recipe = json.loads(result.stdout)["recipe"]
+    assert (recipe["content_layer"], recipe["normalization"], recipe["style"], recipe["tv"]) == (
+        "relu2_2", "none", 2e-4, 1e-5)
+    result = invoke("optimize", "--content", content, "--style", style, "--output", tmp_path / "o.png",
+                    "--recipe", "bold")
+    assert result.exit_code != 0 and "unknown recipe 'bold'" in result.output and "Traceback" not in result.output
+
+
+def test_style_preview_writes_a_grid(vgg_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERCEPT_VGG_WEIGHTS", str(vgg_weights))
+    photos = [random_image(tmp_path / f"p{i}.png", 40, 32, seed=i) for i in range(2)]
+    style = random_image(tmp_path / "style.png", 48, 48, seed=9)
+    out = tmp_path / "preview" / "grid.png"
+    result = invoke("style", "preview", style, "--photo", photos[0], "--photo", photos[1], "--image-size", "32",
+                    "--iterations", "3", "--output", out)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output and "p0.png: content" in result.output
+    with Image.open(out) as grid:
+        # a row with the style image, then one row per photo: photo | result, square tiles of 192 px
+        assert grid.size == (2 * 192, 3 * 192)
+        photo_tile = np.asarray(grid.crop((0, 192, 192, 384)), dtype=np.float32)
+        result_tile = np.asarray(grid.crop((192, 192, 384, 384)), dtype=np.float32)
+    assert np.abs(photo_tile - result_tile).mean() > 1.0  # the optimizer changed the photo
+
+    result = invoke("style", "preview", style, "--photo", photos[0], "--output", tmp_path / "grid.gif")
+    assert result.exit_code != 0 and "--output must end in" in result.output
+    result = invoke("style", "preview", style, "--photo", photos[0], "--content-layer", "relu9_9")
+    assert result.exit_code != 0 and "unknown VGG layer" in result.output and "Traceback" not in result.output
 
 
 def test_models_list_and_show() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.gatys import optimize
-from trainer.losses import StyleObjective, StyleWeights
+from trainer.losses import StyleObjective, StyleRecipe
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def setup(random_vgg) -> tuple[StyleObjective, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     style = torch.rand(1, 3, 32, 32, generator=g) * 255.0
     content = torch.rand(1, 3, 32, 32, generator=g) * 255.0
-    return StyleObjective(random_vgg, style, StyleWeights(content=1.0, style=5.0, tv=1e-6)), content
+    return StyleObjective(random_vgg, style, StyleRecipe(content=1.0, style=5.0, tv=1e-6)), content
 
 
 def test_objective_decreases_and_image_stays_in_range(setup: tuple[StyleObjective, torch.Tensor]) -> None:

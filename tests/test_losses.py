@@ -9,7 +9,7 @@ from trainer.losses import (
     CONTENT_LAYER,
     STYLE_LAYERS,
     StyleObjective,
-    StyleWeights,
+    StyleRecipe,
     feature_loss,
     gram,
     pixel_loss,
@@ -94,7 +94,7 @@ def images() -> dict[str, torch.Tensor]:
 
 
 def test_objective_total_and_weights(random_vgg, images: dict[str, torch.Tensor]) -> None:
-    base = StyleObjective(random_vgg, images["style"], StyleWeights(content=1.0, style=1.0, tv=1.0))
+    base = StyleObjective(random_vgg, images["style"], StyleRecipe(content=1.0, style=1.0, tv=1.0))
     cf = base.content_features(images["content"])
     assert cf.shape == (1, 128, 16, 16)
     with torch.no_grad():
@@ -108,7 +108,7 @@ def test_objective_total_and_weights(random_vgg, images: dict[str, torch.Tensor]
         grams = {k: gram(feats[k]) for k in STYLE_LAYERS}
         torch.testing.assert_close(terms["style"], style_loss(grams, base.style_grams))
 
-        weighted = StyleObjective(random_vgg, images["style"], StyleWeights(content=2.0, style=0.5, tv=0.0))(
+        weighted = StyleObjective(random_vgg, images["style"], StyleRecipe(content=2.0, style=0.5, tv=0.0))(
             images["y"], cf
         )
         torch.testing.assert_close(weighted["content"], 2.0 * terms["content"])
@@ -122,7 +122,7 @@ def test_objective_total_and_weights(random_vgg, images: dict[str, torch.Tensor]
 
 
 def test_gradients_reach_the_image_not_the_loss_network(random_vgg, images: dict[str, torch.Tensor]) -> None:
-    objective = StyleObjective(random_vgg, images["style"], StyleWeights(content=1.0, style=10.0, tv=1e-3))
+    objective = StyleObjective(random_vgg, images["style"], StyleRecipe(content=1.0, style=10.0, tv=1e-3))
     cf = objective.content_features(images["content"])
     assert not cf.requires_grad
     y = images["y"].clone().requires_grad_(True)

@@ -28,6 +28,7 @@ def test_report_writes_tables_and_images(tmp_path: Path, shared_data: Path, vgg_
     assert "| Set5 | x4 | pixel | sr_x4_pixel v" in text  # all three x4 methods are built in
     assert "- Set5 x4: l_pixel scores " in text and "against l_pixel, with sharpness" in text
     assert "| muse v" in text and "Gatys @2" in text
+    assert "| muse v1 | paper | " in text and "Gram relu4_3" in text  # the per-layer errors of every version
     assert "`percept report" in text  # every figure says how it was made
     for img in ("sr_crops.png", "gallery.jpg"):
         assert Image.open(out / "img" / img).size[0] > 100

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -285,7 +286,9 @@ def test_ddp_gloo_two_processes(images: Path, vgg_weights: Path, tmp_path: Path)
     assert set(records[0]) >= {"pixel", "total", "it_per_s", "val_pixel", "val_total"}
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert ckpt["iteration"] == 4 and ckpt["config"]["task"] == "sr" and ckpt["network"]["factor"] == 4
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+    # rank 0 alone writes: the last checkpoint and the best (validated once, at iteration 4)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["iteration"] == 4
     assert sorted(p.name for p in (run_dir / "previews").iterdir()) == ["final.png", "iter_000002.png",
                                                                         "iter_000004.png"]
     assert (run_dir / "losses.png").is_file() and (run_dir / "config.json").is_file()
@@ -301,3 +304,99 @@ def test_grad_clip_caps_the_gradient_norm() -> None:
     assert torch.allclose(w.detach(), torch.ones(10) - w.grad)  # the step used the clipped gradient
     optimizer_step((1000.0 * w).sum(), opt, None)
     assert torch.allclose(w.grad, torch.full((10,), 1000.0))  # off by default
+
+
+def test_best_checkpoint_is_the_lowest_validation_objective(style_run: tuple[dict, Path], tmp_store: Path) -> None:
+    summary, run_dir = style_run
+    records = read_log(run_dir)
+    best_record = min(records, key=lambda r: r["val_total"])  # first of equals, as training keeps the first
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["iteration"] == best_record["iteration"] == summary["best"]["iteration"]
+    assert summary["best"]["val_total"] == best_record["val_total"]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["extra"]["best"] == summary["best"]
+
+    from trainer.train import best_checkpoint
+
+    assert best_checkpoint(run_dir / "checkpoints" / "last.pt") == run_dir / "checkpoints" / "best.pt"
+    assert best_checkpoint(run_dir) == run_dir / "checkpoints" / "best.pt"
+    assert best_checkpoint(run_dir / "checkpoints" / "best.pt") == run_dir / "checkpoints" / "best.pt"
+    published = publish_checkpoint(best_checkpoint(run_dir), "tiny-best")
+    manifest = store.get("tiny-best", published["version"]).manifest
+    assert manifest["training"]["iterations"] == best_record["iteration"]
+    assert manifest["training"]["best_validation"] == summary["best"]
+    assert manifest["training"]["recipe"] == "balanced" and manifest["training"]["normalization"] == "relative"
+
+
+def test_a_run_can_start_from_published_weights(images: Path, style_image: Path, tmp_path: Path,
+                                               tmp_store: Path) -> None:
+    common = dict(task="style", style_image=str(style_image), style_size=48, val_every=0, preview_every=0,
+                  checkpoint_every=0, iterations=2)
+    first = train(tiny_config(images, tmp_path / "a", **common))
+    publish_checkpoint(first["checkpoint"], "tiny-init")
+    from trainer.train import initial_weights
+
+    net, _ = network_from_checkpoint(first["checkpoint"])
+    state = initial_weights("tiny-init@1", net.config)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(state[k], v, atol=1e-2, rtol=1e-3)  # through fp16 in the store
+    second = train(tiny_config(images, tmp_path / "b", init_from="tiny-init", **common))
+    assert second["iteration"] == 2
+    assert load_checkpoint(second["checkpoint"])["config"]["init_from"] == "tiny-init"
+    with pytest.raises(ValueError, match="network"):
+        train(tiny_config(images, tmp_path / "c", init_from="tiny-init", **{**common, "width": 0.5}))
+    # an instance-norm decoder starts a decoder without norm (its statistics folded into the convs)
+    folded = train(tiny_config(images, tmp_path / "d", init_from="tiny-init", decoder_norm="none", **common))
+    assert load_checkpoint(folded["checkpoint"])["network"]["decoder_norm"] == "none"
+
+
+def test_paper_recipe_trains_as_before(images: Path, style_image: Path, tmp_path: Path) -> None:
+    """--recipe paper is the objective of the v1 models: its first logged losses are the paper's terms of the
+    network's first output on the first batch."""
+    from torch.utils.data import DataLoader
+
+    from model_store.networks import build_network
+    from trainer import data
+    from trainer.losses import feature_loss, gram, style_loss, tv_loss
+    from trainer.train import load_style_image
+    from trainer.vgg import load_loss_network
+
+    cfg = tiny_config(images, tmp_path / "p", task="style", style_image=str(style_image), style_size=48,
+                      recipe="paper", iterations=1, val_every=0, preview_every=0, checkpoint_every=0)
+    assert (cfg.content_layer, cfg.normalization, cfg.style_weight) == ("relu2_2", "none", 1e-4)
+    torch.manual_seed(cfg.seed)  # as train() does before it builds the network
+    net = build_network(cfg.network_config())
+    files, _ = data.split(data.find_images(images, min_side=64), cfg.val_images)
+    loader = DataLoader(data.CropDataset(files, 32, resize=True), batch_size=2,
+                        sampler=data.SampleOrder(len(files), cfg.seed, 0, 0, 1))
+    batch = next(iter(loader))
+    vgg = load_loss_network(random_weights=True)
+    style = load_style_image(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        y = net(batch)
+        f, fc = vgg(y), vgg(batch, ("relu2_2",))
+        targets = {k: gram(v) for k, v in vgg(style).items()}
+        expected = (feature_loss(f["relu2_2"], fc["relu2_2"]) + 1e-4 * style_loss({k: gram(v) for k, v in f.items()},
+                                                                                  targets) + 1e-5 * tv_loss(y))
+    train(cfg)
+    assert read_log(tmp_path / "p")[0]["total"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_models_publish_takes_the_best_checkpoint_unless_told(style_run: tuple[dict, Path], tmp_store: Path) -> None:
+    from typer.testing import CliRunner
+
+    from percept.cli import app
+
+    _, original = style_run
+    run_dir = tmp_store.parent / "run"
+    shutil.copytree(original, run_dir)
+    # Mark the best checkpoint so that it cannot be mistaken for the last one, whatever the run's curve was.
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    torch.save({**best, "iteration": 7}, run_dir / "checkpoints" / "best.pt")
+    runner = CliRunner()
+    for args, expected in (([run_dir / "checkpoints" / "last.pt"], 7), ([run_dir], 7),
+                           ([run_dir / "checkpoints" / "last.pt", "--last"], 20), ([run_dir, "--last"], 20)):
+        result = runner.invoke(app, ["models", "publish", *map(str, args), "--name", "tiny-cli"])
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.stdout)
+        assert Path(out["checkpoint"]).name == ("best.pt" if expected == 7 else "last.pt")
+        assert store.get("tiny-cli", out["version"]).manifest["training"]["iterations"] == expected

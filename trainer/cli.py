@@ -14,11 +14,27 @@ from trainer.settings import settings
 
 train_app = typer.Typer(help="Train style and super-resolution networks.", no_args_is_help=True)
 eval_app = typer.Typer(help="The paper's evaluations.", no_args_is_help=True)
+style_app = typer.Typer(help="Try a style image and a recipe before training.", no_args_is_help=True)
 
 Device = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
 
 
 Queue = typer.Option(False, "--queue", help="Enqueue the run on Redis (REDIS_URL) for an RQ training worker.")
+Recipe = typer.Option("balanced", "--recipe", help="The style objective: balanced (every layer relative to its "
+                      "target; the default) | paper (Johnson et al. exactly). docs/training.md says why.")
+ContentLayer = typer.Option(None, "--content-layer", help="relu1_2 | relu2_2 | relu3_3 | relu4_3 (default: the "
+                            "recipe's)")
+LayerWeights = typer.Option(None, "--layer-weights", help="Style weight per layer relu1_2,relu2_2,relu3_3,relu4_3, "
+                            "e.g. 0.25,0.25,0.25,0.25 (default: the recipe's)")
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError as e:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
 
 
 def _run(cfg: Any, resume: Path | None, overrides: dict[str, Any], queue: bool = False) -> None:
@@ -69,15 +85,24 @@ def train_style(
     batch_size: int = typer.Option(4, "--batch-size"),
     image_size: int = typer.Option(256, "--image-size", help="Training crop side."),
     style_size: int = typer.Option(None, "--style-size", help="Longer side of the style image. (default: own, <=512)"),
-    content_weight: float = typer.Option(None, "--content-weight", help="lambda_c (default: 1.0)"),
-    style_weight: float = typer.Option(None, "--style-weight", help="lambda_s (default: 1e-4)"),
-    tv_weight: float = typer.Option(None, "--tv-weight", help="lambda_TV (default: 1e-5)"),
+    recipe: str = Recipe,
+    content_weight: float = typer.Option(None, "--content-weight", help="lambda_c (default: the recipe's)"),
+    style_weight: float = typer.Option(None, "--style-weight", help="lambda_s (default: the recipe's)"),
+    tv_weight: float = typer.Option(None, "--tv-weight", help="lambda_TV (default: the recipe's)"),
+    content_layer: str = ContentLayer,
+    layer_weights: str = LayerWeights,
+    normalization: str = typer.Option(None, "--normalization", help="none | relative (default: the recipe's)"),
+    init_from: str = typer.Option(None, "--init-from",
+                                  help="Start from these weights: a store model (NAME or NAME@VERSION) or a .pt."),
     preset: str = typer.Option("modern", "--preset", help="modern | paper"),
     width: float = typer.Option(1.0, "--width", help="Channel width multiplier (0.5 = small model)."),
+    decoder_norm: str = typer.Option(None, "--decoder-norm", help="Norm of the upsampling stages: instance | none "
+                                     "| batch (default: the preset's). none: no bright blobs (docs/training.md)."),
     lr: float = typer.Option(1e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     device: str = Device,
-    amp: bool = typer.Option(False, "--amp", help="CUDA mixed precision (bf16, else fp16), with an fp32 fallback."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision: CUDA bf16 (else fp16), or bf16 on a CPU that "
+                             "has it natively; fp32 fallback after repeated non-finite losses."),
     workers: int = typer.Option(2, "--workers", help="Data loader processes."),
     run_dir: Path = typer.Option(None, "--run-dir", help="(default: runs/NAME)"),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
@@ -87,22 +112,28 @@ def train_style(
     resume: Path = typer.Option(None, "--resume", exists=True, help="Continue from this checkpoint."),
     queue: bool = Queue,
 ) -> None:
-    """Train a style network (content relu2_2; style relu1_2, relu2_2, relu3_3, relu4_3; TV)."""
-    from trainer.train import STYLE_DEFAULTS, TrainConfig
+    """Train a style network (style relu1_2, relu2_2, relu3_3, relu4_3; content and TV). The recipe sets the
+    layers, weights and normalization; `percept style preview` shows what a recipe does to a style first."""
+    from trainer.train import TrainConfig
 
     if resume:
         overrides = dict(iterations=iterations, publish=publish or None, device=device, workers=workers)
         return _run(None, resume, overrides, queue)
     if not style_image or not name:
         raise typer.BadParameter("--style-image and --name are required (or --resume CHECKPOINT)")
-    cfg = TrainConfig(
-        task="style", style_image=str(style_image), image_size=image_size, style_size=style_size,
-        content_weight=STYLE_DEFAULTS.content if content_weight is None else content_weight,
-        style_weight=STYLE_DEFAULTS.style if style_weight is None else style_weight,
-        tv_weight=STYLE_DEFAULTS.tv if tv_weight is None else tv_weight,
-        **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
-                  publish, checkpoint_every, preview_every, val_every),
-    )
+    try:
+        cfg = TrainConfig(
+            task="style", style_image=str(style_image), image_size=image_size, style_size=style_size, recipe=recipe,
+            content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+            content_layer=content_layer, layer_weights=_floats(layer_weights), normalization=normalization,
+            init_from=init_from, decoder_norm=decoder_norm,
+            **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
+                      publish, checkpoint_every, preview_every, val_every),
+        )
+        cfg.style_recipe()  # validates layers and weights before anything is loaded
+        cfg.network_config()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
     _run(cfg, None, {}, queue)
 
 
@@ -158,40 +189,46 @@ def optimize(
     iterations: int = typer.Option(500, "--iterations"),
     image_size: int = typer.Option(256, "--image-size", help="Longer side of the content image."),
     style_size: int = typer.Option(None, "--style-size", help="(default: own, <=512)"),
+    recipe: str = Recipe,
     content_weight: float = typer.Option(None, "--content-weight"),
     style_weight: float = typer.Option(None, "--style-weight"),
     tv_weight: float = typer.Option(None, "--tv-weight"),
+    content_layer: str = ContentLayer,
+    layer_weights: str = LayerWeights,
+    init: str = typer.Option("noise", "--init", help="noise (the paper's baseline) | content (start from the photo)"),
     print_every: int = typer.Option(50, "--print-every"),
     seed: int = typer.Option(0, "--seed"),
     device: str = Device,
     as_json: bool = typer.Option(False, "--json", help="Print the objective trace as JSON."),
 ) -> None:
-    """The Gatys et al. baseline: L-BFGS from white noise, projected to [0, 255] after every step."""
+    """The Gatys et al. baseline: L-BFGS-B on the image, kept in [0, 255], minimizing the training objective."""
     from model_store.images import load_image, save_image
     from model_store.inference import resolve_device
     from trainer.gatys import optimize as run_gatys
-    from trainer.losses import StyleObjective, StyleWeights
-    from trainer.train import STYLE_DEFAULTS
+    from trainer.losses import StyleObjective
+    from trainer.losses import recipe as named_recipe
     from trainer.vgg import load_loss_network
 
+    if init not in ("noise", "content"):
+        raise typer.BadParameter("--init must be noise or content")
+    try:
+        chosen = named_recipe(recipe, content=content_weight, style=style_weight, tv=tv_weight,
+                              content_layer=content_layer, layer_weights=_floats(layer_weights))
+    except (ValueError, TypeError) as e:
+        raise typer.BadParameter(str(e)) from e
     dev = resolve_device(device)
     c = load_image(content, max_side=image_size).to(dev)
     s = load_image(style, max_side=style_size or 512).to(dev)
-    weights = StyleWeights(
-        STYLE_DEFAULTS.content if content_weight is None else content_weight,
-        STYLE_DEFAULTS.style if style_weight is None else style_weight,
-        STYLE_DEFAULTS.tv if tv_weight is None else tv_weight,
-    )
-    objective = StyleObjective(load_loss_network().to(dev), s, weights)
+    objective = StyleObjective(load_loss_network().to(dev), s, chosen)
 
     def show(i: int, value: float) -> None:
         if not as_json and (i % print_every == 0 or i == iterations):
             typer.echo(f"iteration {i:5d}  objective {value:.6g}")
 
-    result = run_gatys(objective, c, iterations, seed=seed, on_iteration=show)
+    result = run_gatys(objective, c, iterations, seed=seed, init=init, on_iteration=show)
     save_image(result.image, output)
     if as_json:
-        typer.echo(json.dumps({"output": str(output), "weights": weights.__dict__, "objective": result.objective,
+        typer.echo(json.dumps({"output": str(output), "recipe": chosen.to_dict(), "objective": result.objective,
                                "seconds": [round(t, 4) for t in result.seconds]}))
     else:
         typer.echo(f"wrote {output} ({result.seconds[-1]:.1f} s)")
@@ -259,3 +296,59 @@ def report(
                         tuple(sorted(int(n) for n in gatys_iterations.split(",") if n.strip())), image_size, limit,
                         str(resolve_device(device)))
     typer.echo(f"wrote {path}")
+
+
+@style_app.command("preview")
+def style_preview(
+    style_image: Path = typer.Argument(..., exists=True, dir_okay=False, help="The style image."),
+    output: Path = typer.Option(Path("preview.png"), "--output", "-o", help="Where to write the grid."),
+    photos: list[Path] = typer.Option(None, "--photo", exists=True, dir_okay=False,
+                                      help="Photos to stylize (repeatable; default: three of PERCEPT_PREVIEW_DIR)."),
+    recipe: str = Recipe,
+    content_weight: float = typer.Option(None, "--content-weight"),
+    style_weight: float = typer.Option(None, "--style-weight"),
+    tv_weight: float = typer.Option(None, "--tv-weight"),
+    content_layer: str = ContentLayer,
+    layer_weights: str = LayerWeights,
+    style_size: int = typer.Option(None, "--style-size", help="Longer side of the style image: smaller = larger "
+                                   "strokes. (default: own, <=512)"),
+    image_size: int = typer.Option(256, "--image-size", help="Longer side of each photo."),
+    iterations: int = typer.Option(50, "--iterations", help="L-BFGS-B iterations per photo."),
+    device: str = Device,
+) -> None:
+    """What a network trained on STYLE_IMAGE with this recipe will approximate, in about a minute on a CPU: the
+    Gatys optimizer from each photo under the training objective, written as a grid (photo | result)."""
+    from tqdm import tqdm
+
+    from model_store.inference import resolve_device
+    from trainer.data import find_images, load_style
+    from trainer.losses import recipe as named_recipe
+    from trainer.preview import grid, stylize
+    from trainer.vgg import LossNetworkError, load_loss_network
+
+    if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise typer.BadParameter(f"--output must end in .png, .jpg or .webp, got {output.name!r}")
+    try:
+        chosen = named_recipe(recipe, content=content_weight, style=style_weight, tv=tv_weight,
+                              content_layer=content_layer, layer_weights=_floats(layer_weights))
+        style = load_style(style_image, style_size)
+    except (ValueError, TypeError, OSError) as e:
+        raise typer.BadParameter(str(e)) from e
+    if not photos:
+        folder = settings().preview_dir
+        photos = find_images(folder)[:3] if folder.is_dir() else []
+        if not photos:
+            raise typer.BadParameter(f"no photos in {folder}: pass --photo (or set PERCEPT_PREVIEW_DIR)")
+    try:
+        dev = resolve_device(device)
+        vgg = load_loss_network().to(dev)
+    except (RuntimeError, LossNetworkError) as e:
+        raise typer.BadParameter(str(e)) from e
+    with tqdm(total=iterations * len(photos), desc="preview", unit="it", dynamic_ncols=True) as bar:
+        results = stylize(vgg, style.to(dev), photos, chosen, image_size, iterations,
+                          on_iteration=lambda i, _: bar.update(1 if i else 0))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    grid(style, [(recipe, results)]).save(output)
+    typer.echo(f"wrote {output}")
+    for r in results:
+        typer.echo(f"  {r.photo.name}: " + "  ".join(f"{k} {v:.3g}" for k, v in r.errors.items()))

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.functional import gaussian_blur
 
-from model_store.images import to_tensor
+from model_store.images import load_image, to_tensor
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -152,3 +152,14 @@ def upsample_bicubic(lr: torch.Tensor, factor: int) -> torch.Tensor:
 def crop_to_multiple(image: torch.Tensor, factor: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     return image[..., : h - h % factor, : w - w % factor]
+
+
+def load_style(path: str | Path, style_size: int | None = None) -> torch.Tensor:
+    """A style image as training sees it: longer side exactly `style_size`, else its own size capped at 512 px.
+    The style size sets the stroke size: the Gram statistics of a smaller style image describe larger shapes."""
+    style = load_image(path, max_side=style_size or 512)
+    if style_size and max(style.shape[-2:]) != style_size:
+        scale = style_size / max(style.shape[-2:])
+        style = F.interpolate(style, scale_factor=scale, mode="bicubic", antialias=True)
+        style = style.clamp(0, 255).round()  # whole grey levels, so the stored PNG is exactly what was used
+    return style

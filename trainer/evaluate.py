@@ -10,7 +10,9 @@ Degradations:
 - ``standard``: bicubic downsampling only, the protocol of the SR literature's tables (SRCNN, VDSR, ...).
 
 Style: the objective a style network reaches in one forward pass against the Gatys optimizer's after N
-iterations on the same images (the paper's Fig. 5), see `evaluate_style`.
+iterations on the same images (the paper's Fig. 5), see `evaluate_style`; and what a user sees in numbers, the
+relative Gram error per layer and the relative content error of its outputs, whatever recipe trained it, see
+`style_errors`.
 """
 
 from __future__ import annotations
@@ -150,6 +152,54 @@ def _progress(bar: tqdm) -> Callable[[int, float], None]:
     return update
 
 
+def _style_model(model: str, version: int | None, device: torch.device, vgg_weights: str | Path | None):
+    """The network, its store entry, the loss network and the style image it was trained on."""
+    from trainer.vgg import load_loss_network
+
+    net, entry = store.load(model, version, device=device)
+    if net.config.kind != "style":
+        raise ValueError(f"model {model!r} is a {net.config.kind} network, not a style one")
+    style_path = entry.path / STYLE_FILE
+    if not style_path.is_file():
+        raise FileNotFoundError(f"{model} v{entry.version} has no {STYLE_FILE}: cannot rebuild its objective")
+    return net, entry, load_loss_network(vgg_weights).to(device), load_image(style_path).to(device)
+
+
+def style_errors(
+    model: str,
+    content_dir: str | Path,
+    version: int | None = None,
+    image_size: int = 256,
+    limit: int | None = None,
+    device: str = "cpu",
+    vgg_weights: str | Path | None = None,
+) -> dict[str, Any]:
+    """Mean relative errors of a style network's outputs on the content photos, one fixed measure for every
+    recipe: ||G(y) - G(s)||^2 / ||G(s)||^2 at each style layer (lower = closer to the painting's statistics) and
+    ||phi(y) - phi(x)||^2 / ||phi(x)||^2 at relu2_2 and relu3_3 (higher = further from the photo)."""
+    from trainer.losses import STYLE_LAYERS, StyleObjective, recipe
+
+    dev = torch.device(device)
+    net, entry, vgg, style = _style_model(model, version, dev, vgg_weights)
+    measures = {layer: StyleObjective(vgg, style, recipe("balanced", content_layer=layer))
+                for layer in ("relu2_2", "relu3_3")}
+    sums: dict[str, float] = {}
+    photos = find_images(content_dir)[:limit]
+    for path in photos:
+        content = load_image(path, max_side=image_size).to(dev)
+        out = run(net, content)
+        with torch.no_grad():
+            for layer, objective in measures.items():
+                errors = objective.layer_errors(out, objective.content_features(content))
+                values = {f"content_{layer}": errors["content"]}
+                if layer == "relu3_3":
+                    values.update({n: errors[f"style_{n}"] for n in STYLE_LAYERS})
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v.item() / len(photos)
+    return {"model": model, "version": entry.version, "recipe": entry.manifest.get("training", {}).get("recipe",
+            "paper"), "images": len(photos), "image_size": image_size, **sums}
+
+
 def evaluate_style(
     model: str,
     content_dir: str | Path,
@@ -158,25 +208,19 @@ def evaluate_style(
     limit: int | None = None,
     device: str = "cpu",
     vgg_weights: str | Path | None = None,
+    version: int | None = None,
 ) -> dict[str, Any]:
     """The paper's Fig. 5 comparison for a style model: on each content image (longer side `image_size`), the
-    objective lambda_c*content + lambda_s*style + lambda_TV*TV (the model's own training weights and style
-    image) of the network's output, next to the Gatys optimizer's after each of `gatys_iterations`, with the
-    time each took."""
+    objective the model was trained on (its recipe and weights from its manifest, its style image) of the
+    network's output, next to the Gatys optimizer's after each of `gatys_iterations`, with the time each took."""
     from trainer.gatys import optimize
-    from trainer.losses import StyleObjective, StyleWeights
-    from trainer.vgg import load_loss_network
+    from trainer.losses import StyleObjective
+    from trainer.train import recipe_of
 
     dev = torch.device(device)
-    net, entry = store.load(model, device=dev)
-    if net.config.kind != "style":
-        raise ValueError(f"model {model!r} is a {net.config.kind} network, not a style one")
-    facts = entry.manifest.get("training", {})
-    style_path = entry.path / STYLE_FILE
-    if not style_path.is_file():
-        raise FileNotFoundError(f"{model} v{entry.version} has no {STYLE_FILE}: cannot rebuild its objective")
-    weights = StyleWeights(facts["content_weight"], facts["style_weight"], facts["tv_weight"])
-    objective = StyleObjective(load_loss_network(vgg_weights).to(dev), load_image(style_path).to(dev), weights)
+    net, entry, vgg, style = _style_model(model, version, dev, vgg_weights)
+    chosen = recipe_of(entry.manifest.get("training", {}))
+    objective = StyleObjective(vgg, style, chosen)
     rows = []
     for path in find_images(content_dir)[:limit]:
         content = load_image(path, max_side=image_size).to(dev)
@@ -203,7 +247,7 @@ def evaluate_style(
     return {
         "model": model,
         "version": entry.version,
-        "weights": weights.__dict__,
+        "recipe": chosen.to_dict(),
         "image_size": image_size,
         "images": rows,
         "network": mean([r["network"] for r in rows]),

@@ -1,4 +1,5 @@
-"""The optimization baseline of Gatys et al.: L-BFGS on the image itself, from white noise, kept in [0, 255].
+"""The optimization baseline of Gatys et al.: L-BFGS on the image itself, kept in [0, 255], from white noise (the
+paper's Fig. 5 comparison) or from the photo (the style preview and the recipe sweep: fewer iterations).
 
 "Projected L-BFGS" done properly is L-BFGS-B (Byrd et al. 1995): the bounds [0, 255] are enforced at every
 iterate by projection onto the box, and its curvature pairs stay consistent with the projected steps. (Clamping
@@ -15,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,22 +40,30 @@ def optimize(
     iterations: int = 500,
     *,
     seed: int = 0,
+    init: Literal["noise", "content"] = "noise",
     history: int = 100,
     on_iteration: Callable[[int, float], None] | None = None,
 ) -> GatysResult:
-    """Run `iterations` L-BFGS-B iterations from white noise for one 1x3xHxW content image in [0, 255]."""
+    """Run `iterations` L-BFGS-B iterations for one 1x3xHxW content image in [0, 255], from white noise or from
+    the content image itself."""
     shape, device = content.shape, content.device
-    generator = torch.Generator().manual_seed(seed)
-    x0 = (torch.rand(shape, generator=generator) * 255.0).double().numpy().ravel()
+    # The optimizer's variables are pixels / 255, in [0, 1]. L-BFGS-B's first step has unit norm in its
+    # variables: in 0..255 units that moves a 256² image by nothing, and under the balanced recipe (objective ~1,
+    # gradient norm ~5e-4) its line search then fails at once and the run ends at the photo (measured).
+    if init == "content":
+        x0 = (content.detach().double().cpu() / 255.0).numpy().ravel().copy()
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        x0 = torch.rand(shape, generator=generator).double().numpy().ravel()
     content_features = objective.content_features(content)
-    result = GatysResult(image=torch.from_numpy(x0).view(shape).float().to(device))
+    result = GatysResult(image=torch.from_numpy(x0 * 255.0).view(shape).float().to(device))
 
     def value_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
         result.evaluations += 1
-        x = torch.from_numpy(flat).view(shape).float().to(device).requires_grad_(True)
+        x = (torch.from_numpy(flat).view(shape).float().to(device) * 255.0).requires_grad_(True)
         loss = objective(x, content_features)["total"]
         (grad,) = torch.autograd.grad(loss, x)
-        return loss.item(), grad.double().cpu().numpy().ravel()
+        return loss.item(), grad.double().cpu().numpy().ravel() * 255.0
 
     start = time.perf_counter()
 
@@ -68,11 +78,11 @@ def optimize(
     if iterations <= 0:  # SciPy would still take one step
         return result
     out = minimize(
-        value_and_grad, x0, jac=True, method="L-BFGS-B", bounds=[(0.0, 255.0)] * x0.size,
+        value_and_grad, x0, jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * x0.size,
         callback=lambda intermediate_result: record(float(intermediate_result.fun)),
         # Stop only on the iteration count, as the paper's comparison does.
         options={"maxiter": iterations, "maxfun": 20 * iterations + 20, "maxcor": history, "ftol": 0.0,
                  "gtol": 0.0},
     )
-    result.image = torch.from_numpy(out.x).view(shape).float().to(device)
+    result.image = (torch.from_numpy(out.x).view(shape).float() * 255.0).clamp(0, 255).to(device)
     return result

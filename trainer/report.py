@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from model_store import store
-from model_store.images import load_image, to_pil
+from model_store.images import labelled_row, load_image, square, stack, to_pil
 from model_store.inference import run
 from trainer.data import crop_to_multiple, degrade, find_images, upsample_bicubic
-from trainer.evaluate import evaluate_sr, evaluate_style
+from trainer.evaluate import evaluate_sr, evaluate_style, style_errors
+from trainer.losses import STYLE_LAYERS
 
 # Johnson et al. 2016, Table 2 (x4; PSNR / SSIM). Transcribed for comparison; check against the paper.
 PAPER_X4 = {
@@ -103,18 +104,6 @@ def _span(values: list[Any], fmt: str) -> str:
     return f"{lo:{fmt}}" if lo == hi else f"{lo:{fmt}}-{hi:{fmt}}"
 
 
-def _labelled_row(tiles: list[tuple[str, Image.Image]], height: int) -> Image.Image:
-    scaled = [(label, im.resize((max(1, im.width * height // im.height), height), Image.Resampling.NEAREST))
-              for label, im in tiles]
-    out = Image.new("RGB", (sum(im.width for _, im in scaled), height), "white")
-    x = 0
-    for label, im in scaled:
-        out.paste(im, (x, 0))
-        ImageDraw.Draw(out).text((x + 5, height - 15), label, fill="white", stroke_width=1, stroke_fill="black")
-        x += im.width
-    return out
-
-
 def _sr_crops(image: Path, out: Path, device: str) -> None:
     """bicubic / l_pixel / l_feat / HR on a crop of one image, x4."""
     hr = crop_to_multiple(load_image(image), 4)
@@ -127,29 +116,20 @@ def _sr_crops(image: Path, out: Path, device: str) -> None:
     h, w = hr.shape[-2:]
     side = min(h, w, 192)
     y, x = (h - side) // 2, (w - side) // 2
-    _labelled_row([(label, to_pil(t[..., y : y + side, x : x + side])) for label, t in tiles], 256).save(out)
+    labelled_row([(label, to_pil(t[..., y : y + side, x : x + side])) for label, t in tiles], 256,
+                 Image.Resampling.NEAREST).save(out)
 
 
-def _square(im: Image.Image) -> Image.Image:
-    side = min(im.size)
-    left, top = (im.width - side) // 2, (im.height - side) // 2
-    return im.crop((left, top, left + side, top + side))
-
-
-def _gallery(styles: list[str], photos: list[Path], out: Path, device: str) -> None:
+def _gallery(models: list[tuple[str, int]], photos: list[Path], out: Path, device: str) -> None:
+    """One row per photo: the photo, then each (style, version), so the versions of a style sit side by side."""
     rows = []
-    nets = {name: store.load(name, device=device)[0] for name in styles}
+    nets = {f"{name} v{v}": store.load(name, v, device=device)[0] for name, v in models}
     for photo_path in photos:
         photo = load_image(photo_path, max_side=256).to(device)
-        tiles = [("photo", _square(to_pil(photo)))]
-        tiles += [(name, _square(to_pil(run(net, photo)))) for name, net in nets.items()]
-        rows.append(_labelled_row(tiles, 160))  # square tiles: every row is as wide, portraits or not
-    grid = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    y = 0
-    for r in rows:
-        grid.paste(r, (0, y))
-        y += r.height
-    grid.save(out, quality=88)
+        tiles = [("photo", square(to_pil(photo)))]
+        tiles += [(label, square(to_pil(run(net, photo)))) for label, net in nets.items()]
+        rows.append(labelled_row(tiles, 160))  # square tiles: every row is as wide, portraits or not
+    stack(rows).save(out, quality=88)
 
 
 def build_report(
@@ -190,8 +170,25 @@ def build_report(
     _sr_crops(find_images(sr_dirs[0])[0], crops, device)
     md += [f"![x4 crops]({crops.relative_to(out_dir)})", "", f"bicubic / l_pixel / l_feat / HR, x4; {stamp}.", ""]
 
+    versions = [(name, v) for name in styles for v in store.versions(name)]
+    md += ["## Style: how close to the painting, how far from the photo", "",
+           f"Mean relative errors of each shipped version's outputs on {limit} content image"
+           f"{'s' if limit != 1 else ''} of `{content_dir.name}/` at {image_size} px, one measure for every recipe: "
+           "Gram error ||G(y) - G(s)||² / ||G(s)||² per layer (lower = closer to the painting's statistics; relu3_3 "
+           "and relu4_3 carry its shapes and strokes) and content error ||φ(y) - φ(x)||² / ||φ(x)||² (higher = "
+           "further from the photo).", "",
+           "| style | recipe | " + " | ".join(f"Gram {n}" for n in STYLE_LAYERS)
+           + " | content relu2_2 | content relu3_3 |",
+           "|" + " --- |" * (4 + len(STYLE_LAYERS))]
+    for name, v in tqdm(versions, desc="report: style errors", unit="model", dynamic_ncols=True):
+        e = style_errors(name, content_dir, v, image_size, limit, device)
+        md.append(f"| {name} v{v} | {e['recipe']} | " + " | ".join(f"{e[n]:.3g}" for n in STYLE_LAYERS)
+                  + f" | {e['content_relu2_2']:.3g} | {e['content_relu3_3']:.3g} |")
+    md += ["", f"Measured with {stamp}.", ""]
+
     md += ["## Style transfer against the optimizer (the paper's Fig. 5)", "",
-           f"Mean objective (content + style + TV at each model's training weights) over {limit} content "
+           f"Mean objective (content + style + TV, each model's own recipe and weights; the default version of "
+           f"each style) over {limit} content "
            f"image{'s' if limit != 1 else ''} "
            f"of `{content_dir.name}/` at {image_size} px: one forward pass of the network vs L-BFGS-B from noise.",
            ""]
@@ -210,9 +207,9 @@ def build_report(
     md += _style_findings(results, [store.get(name).manifest for name in styles])
 
     gallery = out_dir / "img" / "gallery.jpg"
-    _gallery(styles, find_images(content_dir)[:4], gallery, device)
-    md += ["## Gallery", "", f"![gallery]({gallery.relative_to(out_dir)})", "", f"Each style on four photos; {stamp}.",
-           ""]
+    _gallery(versions, find_images(content_dir)[:4], gallery, device)
+    md += ["## Gallery", "", f"![gallery]({gallery.relative_to(out_dir)})", "",
+           f"Every shipped version of each style on four photos; {stamp}.", ""]
     path = out_dir / "RESULTS.md"
     path.write_text("\n".join(md))
     return path

@@ -6,7 +6,10 @@ exact resume, a checkpoint on Ctrl-C, mixed precision and DDP (``torchrun``) on 
 
 A run directory holds::
 
-    config.json  log.jsonl  losses.png  previews/iter_NNNNNN.png  checkpoints/last.pt (+ iter_NNNNNN.pt)
+    config.json  log.jsonl  losses.png  previews/iter_NNNNNN.png  checkpoints/last.pt  checkpoints/best.pt
+
+``best.pt`` is the checkpoint with the lowest validation objective so far; publishing takes it unless told
+otherwise, because a style run's last iterate is not its best one (the objective is noisy and can drift).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,18 +34,27 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model_store import store
-from model_store.images import load_image, to_pil
-from model_store.inference import resolve_device
+from model_store.images import to_pil
+from model_store.inference import cpu_has_native_bf16, resolve_device
 from model_store.networks import NetworkConfig, TransformNet, build_network
 from trainer import data
-from trainer.losses import CONTENT_LAYER, StyleObjective, StyleWeights, feature_loss, pixel_loss, tv_loss
+from trainer.losses import (
+    CONTENT_LAYER,
+    DEFAULT_RECIPE,
+    RECIPES,
+    StyleObjective,
+    StyleRecipe,
+    feature_loss,
+    pixel_loss,
+    tv_loss,
+)
 from trainer.settings import settings
 from trainer.vgg import LossNetwork, load_loss_network
 
 log = logging.getLogger(__name__)
 
-# Defaults chosen with the shared (caffe-convention) VGG-16; see docs/training.md for how.
-STYLE_DEFAULTS = StyleWeights(content=1.0, style=1e-4, tv=1e-5)
+BEST_FILE = "best.pt"
+LAST_FILE = "last.pt"
 
 
 @dataclass
@@ -59,11 +71,19 @@ class TrainConfig:
     batch_size: int = 4
     image_size: int = 256  # style crops; SR uses 288x288 HR patches unless set
     style_size: int | None = None  # None: the style image's own size, capped at 512 px
-    content_weight: float = STYLE_DEFAULTS.content
-    style_weight: float = STYLE_DEFAULTS.style
-    tv_weight: float = STYLE_DEFAULTS.tv
+    # The style objective: a named recipe (trainer.losses.RECIPES); a field left None takes the recipe's value,
+    # and __post_init__ writes the resolved values back so config.json and the manifest record every choice.
+    recipe: str = DEFAULT_RECIPE
+    content_weight: float | None = None
+    style_weight: float | None = None
+    tv_weight: float | None = None
+    content_layer: str | None = None
+    layer_weights: list[float] | None = None  # one per style layer (relu1_2, relu2_2, relu3_3, relu4_3)
+    normalization: str | None = None  # none | relative
+    init_from: str | None = None  # start from these weights: a model in the store (NAME or NAME@V) or a .pt
     preset: Literal["paper", "modern"] = "modern"
     width: float = 1.0
+    decoder_norm: str | None = None  # None: the preset's norm; "none" for style networks without blobs
     lr: float = 1e-3
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     seed: int = 0
@@ -81,10 +101,31 @@ class TrainConfig:
     random_vgg: bool = False  # tests only: an untrained loss network
     publish: bool = False
 
+    def __post_init__(self) -> None:
+        if self.task == "sr":  # SR: the feature (or pixel) loss at weight 1, no TV unless asked
+            self.content_weight = 1.0 if self.content_weight is None else self.content_weight
+            self.tv_weight = 0.0 if self.tv_weight is None else self.tv_weight
+            return
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; use one of {sorted(RECIPES)}")
+        r = self.style_recipe()
+        self.content_weight, self.style_weight, self.tv_weight = r.content, r.style, r.tv
+        self.content_layer, self.layer_weights, self.normalization = r.content_layer, list(r.layer_weights), \
+            r.normalization
+
+    def style_recipe(self) -> StyleRecipe:
+        """The run's objective: its named recipe with this config's explicit choices applied."""
+        base = RECIPES[self.recipe]
+        given = {"content": self.content_weight, "style": self.style_weight, "tv": self.tv_weight,
+                 "content_layer": self.content_layer, "normalization": self.normalization,
+                 "layer_weights": tuple(self.layer_weights) if self.layer_weights is not None else None}
+        return StyleRecipe.from_dict({**base.to_dict(), **{k: v for k, v in given.items() if v is not None}})
+
     def network_config(self) -> NetworkConfig:
         if self.task == "style":
-            return NetworkConfig(kind="style", preset=self.preset, width=self.width)
-        return NetworkConfig(kind="sr", preset=self.preset, width=self.width, factor=self.factor)
+            return NetworkConfig(kind="style", preset=self.preset, width=self.width, decoder_norm=self.decoder_norm)
+        return NetworkConfig(kind="sr", preset=self.preset, width=self.width, factor=self.factor,
+                             decoder_norm=self.decoder_norm)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,24 +133,24 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        known = {k: v for k, v in d.items() if k in names}
+        if d.get("task") == "style" and "recipe" not in d:
+            known["recipe"] = "paper"  # runs from before recipes existed were trained with the paper's
+        return cls(**known)
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """bf16 on a CUDA GPU that has it (else fp16) and on a CPU with native bf16 (AMX / AVX512-BF16: measured 1.6x
+    faster per 256² batch-4 style step than fp32 on 2 cores); None (fp32) elsewhere, where bf16 is emulated."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
 
 
 def load_style_image(cfg: TrainConfig, device: torch.device) -> torch.Tensor:
     """The style image as the run sees it: longer side `style_size` exactly, else its own size capped at 512."""
     assert cfg.style_image
-    style = load_image(cfg.style_image, max_side=cfg.style_size or 512)
-    if cfg.style_size and max(style.shape[-2:]) != cfg.style_size:
-        scale = cfg.style_size / max(style.shape[-2:])
-        style = torch.nn.functional.interpolate(style, scale_factor=scale, mode="bicubic", antialias=True)
-        style = style.clamp(0, 255).round()  # whole grey levels, so the stored PNG is exactly what was used
-    return style.to(device)
+    return data.load_style(cfg.style_image, cfg.style_size).to(device)
 
 
 class Losses:
@@ -122,9 +163,7 @@ class Losses:
         if cfg.task == "style":
             if not cfg.style_image:
                 raise ValueError("style training needs --style-image")
-            style = load_style_image(cfg, device)
-            weights = StyleWeights(cfg.content_weight, cfg.style_weight, cfg.tv_weight)
-            self.style = StyleObjective(vgg, style, weights)
+            self.style = StyleObjective(vgg, load_style_image(cfg, device), cfg.style_recipe())
 
     def inputs_and_targets(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.task == "style":
@@ -186,6 +225,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("config", "network", "extra"):
         ckpt[key] = json.loads(ckpt[key])
     return ckpt
+
+
+def best_checkpoint(path: str | Path) -> Path:
+    """The checkpoint to publish for `path`: a run's best.pt when `path` is its last.pt (or the run folder) and a
+    best one exists, else `path` itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / LAST_FILE
+    best = path.with_name(BEST_FILE)
+    return best if path.name == LAST_FILE and best.is_file() else path
 
 
 def network_from_checkpoint(path: str | Path) -> tuple[TransformNet, dict[str, Any]]:
@@ -316,10 +365,13 @@ def train(
     vgg = load_loss_network(cfg.vgg_weights, random_weights=cfg.random_vgg).to(device)
     losses = Losses(cfg, vgg, device)
     net = build_network(cfg.network_config()).to(device)
+    if cfg.init_from and not ckpt:
+        photos = _preview_images(cfg, torch.device("cpu"))  # only to fold a decoder's norm statistics
+        net.load_state_dict(initial_weights(cfg.init_from, net.config, photos[1] if photos else None))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     amp_dtype = _amp_dtype(device) if cfg.amp else None
     if cfg.amp and amp_dtype is None:
-        log.warning("--amp ignored on %s: mixed precision is for CUDA (bf16 on this CPU is far slower)", device)
+        log.warning("--amp ignored on %s: this CPU has no native bf16 (emulated bf16 is far slower than fp32)", device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     if ckpt:
         net.load_state_dict(ckpt["model"])
@@ -348,7 +400,8 @@ def train(
     previews = _preview_images(cfg, device) if main_process else None
 
     log_path = run_dir / "log.jsonl"
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    ckpt_path = run_dir / "checkpoints" / LAST_FILE
+    best: dict[str, Any] = dict(ckpt["extra"].get("best") or {}) if ckpt else {}  # iteration, val_total
     stop = {"requested": False}
     old_handler = signal.getsignal(signal.SIGINT)
     if main_process:
@@ -370,7 +423,7 @@ def train(
 
     def facts() -> dict[str, Any]:
         wall = earlier_wall + time.perf_counter() - started
-        return {"losses": last, "wall_seconds": round(wall, 1), "hardware": hardware}
+        return {"losses": last, "wall_seconds": round(wall, 1), "hardware": hardware, "best": best}
 
     bar = tqdm(total=cfg.iterations, initial=start_iteration, desc=f"{cfg.task} {cfg.name}", unit="it",
                disable=not main_process, dynamic_ncols=True)
@@ -423,6 +476,9 @@ def train(
                        "it_per_s": round(rate, 3), **last}
                 if cfg.val_every and val_batches and (iteration % cfg.val_every == 0 or iteration == cfg.iterations):
                     rec.update(_validate(net, losses, val_batches, device))
+                    if not best or rec["val_total"] < best["val_total"]:
+                        best = {"iteration": iteration, "val_total": rec["val_total"]}
+                        _save_checkpoint(ckpt_path.with_name(BEST_FILE), net, opt, iteration, cfg, scaler, facts())
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 if on_log:
@@ -446,20 +502,88 @@ def train(
             _save_preview(run_dir / "previews" / "final.png", net, previews, net.config.factor)
         summary["checkpoint"] = str(ckpt_path)
         summary["interrupted"] = stop["requested"]
+        summary["best"] = best
         if cfg.publish and not stop["requested"]:
-            summary["published"] = publish_checkpoint(ckpt_path, cfg.name)
+            summary["published"] = publish_checkpoint(best_checkpoint(ckpt_path), cfg.name)
     if world > 1:
         dist.destroy_process_group()
     return summary
 
 
+def recipe_of(training: dict[str, Any]) -> StyleRecipe:
+    """The objective a style model was trained with, from its manifest's training facts (the paper's recipe for
+    models published before recipes existed)."""
+    facts = {k: v for k, v in training.items() if k in {f.name for f in fields(TrainConfig)}}
+    return TrainConfig.from_dict({**facts, "task": "style", "name": "manifest"}).style_recipe()
+
+
+def initial_weights(source: str, config: NetworkConfig, photos: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """fp32 weights to start a run from: a store model (NAME or NAME@VERSION) or a training checkpoint (.pt).
+    Its network must be the one being trained (same kind, preset, width...), except that an instance-norm decoder
+    can start a decoder without norm: its norms are folded into their convs with statistics measured on
+    `photos` (`fold_decoder_norm`)."""
+    if source.endswith(".pt"):
+        ckpt = load_checkpoint(source)
+        found, state = NetworkConfig.from_dict(ckpt["network"]), ckpt["model"]
+    else:
+        from safetensors.torch import load_file
+
+        name, _, version = source.partition("@")
+        entry = store.get(name, int(version) if version else None)
+        found, state = entry.config, load_file(entry.weights_path)
+    state = {k: v.float() for k, v in state.items()}
+    if found != config and photos is not None and replace(found, decoder_norm="none") == config:
+        net = build_network(found)
+        net.load_state_dict(state)
+        return fold_decoder_norm(net, photos)
+    if found != config:
+        raise ValueError(f"--init-from {source} is a {found} network, but this run trains a {config}")
+    return state
+
+
+def fold_decoder_norm(net: TransformNet, photos: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Weights of the same network without norms in its upsampling stages: each instance norm becomes the fixed
+    affine map of its mean statistics over `photos`, folded into the conv before it. The outputs stay close to
+    the original's (measured on udnie: docs/training.md) and fine-tuning starts from there."""
+    cfg = net.config
+    if cfg.preset != "modern" or cfg.decoder_norm != "instance":
+        raise ValueError(f"only a modern instance-norm decoder can be folded, not {cfg}")
+    stages = list(net.tail)[:-1]  # each: Sequential(Sequential(Upsample, Sequential(Pad, Conv)), InstanceNorm, ReLU)
+    moments: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(stages))}
+    hooks = [stage[1].register_forward_pre_hook(
+        lambda m, inp, i=i: moments[i].append(torch.stack([inp[0].mean((2, 3)), inp[0].var((2, 3), unbiased=False)])))
+        for i, stage in enumerate(stages)]
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        for photo in photos.split(1):
+            net(photo)
+    for h in hooks:
+        h.remove()
+    net.train(was_training)
+    state = dict(net.state_dict())
+    for i, stage in enumerate(stages):
+        mean, var = torch.cat(moments[i], 1).mean(1)  # over photos: per-channel mean and variance
+        norm = stage[1]
+        scale = norm.weight.detach() / torch.sqrt(var + norm.eps)
+        conv = f"tail.{i}.0.1.1"
+        state[f"{conv}.weight"] = state[f"{conv}.weight"] * scale[:, None, None, None]
+        state[f"{conv}.bias"] = (state[f"{conv}.bias"] - mean) * scale + norm.bias.detach()
+        for k in [k for k in state if k.startswith(f"tail.{i}.1.")]:
+            del state[k]
+    return state
+
+
 def training_facts(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a manifest records about how a model was trained."""
-    cfg = ckpt["config"]
-    task_keys = ("style_size", "content_weight", "style_weight") if cfg["task"] == "style" else ("loss", "factor")
+    cfg = TrainConfig.from_dict(ckpt["config"]).to_dict()  # resolved: old runs name their (paper) recipe too
+    task_keys = (("style_size", "recipe", "content_weight", "style_weight", "content_layer", "layer_weights",
+                  "normalization", "init_from") if cfg["task"] == "style" else ("loss", "factor"))
     keys = ("task", "batch_size", "image_size", "tv_weight", "lr", "grad_clip", "seed", "amp", *task_keys)
-    facts = {k: cfg.get(k) for k in keys}  # .get: checkpoints from before grad_clip existed
+    facts = {k: cfg.get(k) for k in keys}
     facts["iterations"] = ckpt["iteration"]
+    if ckpt["extra"].get("best"):
+        facts["best_validation"] = ckpt["extra"]["best"]
     if cfg["task"] == "style":
         facts["style_image"] = Path(cfg["style_image"]).name
     facts["data"] = cfg["data"]
