@@ -37,10 +37,6 @@ class NetworkConfig:
     factor: int = 1  # super-resolution factor; 1 for style networks
     residual_blocks: int | None = None  # None: the paper's count (5 for style, 4 for SR)
     norm: Norm | None = None  # None: the preset's (paper: batch; modern: instance for style, none for SR)
-    # The upsampling stages' norm; None: `norm`. "none" removes the lever behind the bright blobs of instance-norm
-    # style networks: a blob's activations set the decoder's per-image statistics, and so the whole image's
-    # contrast (docs/training.md, "Blobs").
-    decoder_norm: Norm | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("style", "sr"):
@@ -53,11 +49,8 @@ class NetworkConfig:
             raise ValueError(f"super-resolution factor must be a power of two >= 2, got {self.factor}")
         if self.norm not in (None, "batch", "instance", "none"):
             raise ValueError(f"norm must be batch, instance or none, got {self.norm!r}")
-        if self.decoder_norm not in (None, "batch", "instance", "none"):
-            raise ValueError(f"decoder_norm must be batch, instance or none, got {self.decoder_norm!r}")
         # Stored configs name their norm explicitly, so a later change of defaults cannot change a saved model.
         object.__setattr__(self, "norm", self.norm_layer)
-        object.__setattr__(self, "decoder_norm", self.decoder_norm or self.norm)
         if not 0 < self.width <= 4:
             raise ValueError(f"width multiplier must be in (0, 4], got {self.width}")
 
@@ -159,7 +152,6 @@ class TransformNet(nn.Module):
         super().__init__()
         self.config = config
         p, n, w = config.preset, config.norm_layer, config.width
-        dn = config.decoder_norm or n
         # The paper's style network pads by 40 px once and lets its unpadded residual blocks eat it.
         self.input_pad = 40 if (config.kind == "style" and p == "paper") else 0
         pad_blocks = self.input_pad == 0
@@ -172,14 +164,14 @@ class TransformNet(nn.Module):
                 _conv_norm_relu(p, n, c2, c3, 3, stride=2),
             )
             self.body = nn.Sequential(*[ResidualBlock(p, n, c3, pad_blocks) for _ in range(config.blocks)])
-            self.tail = nn.Sequential(_upsample(p, dn, c3, c2), _upsample(p, dn, c2, c1), _conv(p, c1, 3, 9))
+            self.tail = nn.Sequential(_upsample(p, n, c3, c2), _upsample(p, n, c2, c1), _conv(p, c1, 3, 9))
             self.multiple = 4  # two stride-2 convs: input sides must be multiples of 4
         else:
             c = _channels(64, w)
             self.head = _conv_norm_relu(p, n, 3, c, 9)
             self.body = nn.Sequential(*[ResidualBlock(p, n, c, pad_blocks) for _ in range(config.blocks)])
             stages = int(math.log2(config.factor))
-            self.tail = nn.Sequential(*[_upsample(p, dn, c, c) for _ in range(stages)], _conv(p, c, 3, 9))
+            self.tail = nn.Sequential(*[_upsample(p, n, c, c) for _ in range(stages)], _conv(p, c, 3, 9))
             self.multiple = 1
         # The modern preset reflection-pads every conv (4 px for the 9x9 ones), which needs sides of at least
         # 5 px: smaller inputs are padded up to that and cropped back like any other.

@@ -229,39 +229,3 @@ def test_build_from_dict_matches_build_from_config(config: NetworkConfig) -> Non
     with torch.no_grad():
         torch.testing.assert_close(a.eval()(x), b.eval()(x))
 
-
-def test_decoder_norm_option() -> None:
-    from model_store.networks import NetworkConfig, build_network
-
-    plain = NetworkConfig(kind="style", width=0.25)
-    assert plain.decoder_norm == "instance"  # written out, like norm
-    assert NetworkConfig.from_dict({k: v for k, v in plain.to_dict().items() if k != "decoder_norm"}) == plain
-    free = build_network(NetworkConfig(kind="style", width=0.25, decoder_norm="none"))
-    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in free.tail.modules())
-    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in free.body.modules())  # the rest keeps its norm
-    x = torch.rand(1, 3, 20, 24) * 255
-    assert free(x).shape == x.shape
-    with pytest.raises(ValueError, match="decoder_norm"):
-        NetworkConfig(kind="style", decoder_norm="layer")  # type: ignore[arg-type]
-
-
-def test_folding_the_decoder_norm_keeps_the_output_on_the_measured_photo() -> None:
-    """With the statistics of one photo, the folded network computes exactly what the instance norms did on it."""
-    from dataclasses import replace
-
-    from model_store.networks import NetworkConfig, build_network
-    from trainer.train import fold_decoder_norm
-
-    torch.manual_seed(0)
-    net = build_network(NetworkConfig(kind="style", width=0.25)).eval()
-    for m in net.modules():  # non-trivial affine parameters
-        if isinstance(m, torch.nn.InstanceNorm2d):
-            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
-            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
-    photo = torch.rand(1, 3, 32, 40) * 255
-    folded = build_network(replace(net.config, decoder_norm="none")).eval()
-    folded.load_state_dict(fold_decoder_norm(net, photo))
-    with torch.no_grad():
-        torch.testing.assert_close(folded(photo), net(photo), atol=1e-2, rtol=1e-4)
-        other = torch.rand(1, 3, 32, 40) * 255 * 0.3  # another photo: the fixed statistics no longer fit
-        assert (folded(other) - net(other)).abs().max() > 1.0

@@ -96,8 +96,6 @@ def train_style(
                                   help="Start from these weights: a store model (NAME or NAME@VERSION) or a .pt."),
     preset: str = typer.Option("modern", "--preset", help="modern | paper"),
     width: float = typer.Option(1.0, "--width", help="Channel width multiplier (0.5 = small model)."),
-    decoder_norm: str = typer.Option(None, "--decoder-norm", help="Norm of the upsampling stages: instance | none "
-                                     "| batch (default: the preset's). none: no bright blobs (docs/training.md)."),
     lr: float = typer.Option(1e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     device: str = Device,
@@ -126,7 +124,7 @@ def train_style(
             task="style", style_image=str(style_image), image_size=image_size, style_size=style_size, recipe=recipe,
             content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
             content_layer=content_layer, layer_weights=_floats(layer_weights), normalization=normalization,
-            init_from=init_from, decoder_norm=decoder_norm,
+            init_from=init_from,
             **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
                       publish, checkpoint_every, preview_every, val_every),
         )

@@ -23,7 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,7 +83,6 @@ class TrainConfig:
     init_from: str | None = None  # start from these weights: a model in the store (NAME or NAME@V) or a .pt
     preset: Literal["paper", "modern"] = "modern"
     width: float = 1.0
-    decoder_norm: str | None = None  # None: the preset's norm; "none" for style networks without blobs
     lr: float = 1e-3
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     seed: int = 0
@@ -123,9 +122,8 @@ class TrainConfig:
 
     def network_config(self) -> NetworkConfig:
         if self.task == "style":
-            return NetworkConfig(kind="style", preset=self.preset, width=self.width, decoder_norm=self.decoder_norm)
-        return NetworkConfig(kind="sr", preset=self.preset, width=self.width, factor=self.factor,
-                             decoder_norm=self.decoder_norm)
+            return NetworkConfig(kind="style", preset=self.preset, width=self.width)
+        return NetworkConfig(kind="sr", preset=self.preset, width=self.width, factor=self.factor)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -366,8 +364,7 @@ def train(
     losses = Losses(cfg, vgg, device)
     net = build_network(cfg.network_config()).to(device)
     if cfg.init_from and not ckpt:
-        photos = _preview_images(cfg, torch.device("cpu"))  # only to fold a decoder's norm statistics
-        net.load_state_dict(initial_weights(cfg.init_from, net.config, photos[1] if photos else None))
+        net.load_state_dict(initial_weights(cfg.init_from, net.config))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     amp_dtype = _amp_dtype(device) if cfg.amp else None
     if cfg.amp and amp_dtype is None:
@@ -517,11 +514,9 @@ def recipe_of(training: dict[str, Any]) -> StyleRecipe:
     return TrainConfig.from_dict({**facts, "task": "style", "name": "manifest"}).style_recipe()
 
 
-def initial_weights(source: str, config: NetworkConfig, photos: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def initial_weights(source: str, config: NetworkConfig) -> dict[str, torch.Tensor]:
     """fp32 weights to start a run from: a store model (NAME or NAME@VERSION) or a training checkpoint (.pt).
-    Its network must be the one being trained (same kind, preset, width...), except that an instance-norm decoder
-    can start a decoder without norm: its norms are folded into their convs with statistics measured on
-    `photos` (`fold_decoder_norm`)."""
+    Its network must be the one being trained (same kind, preset, width...)."""
     if source.endswith(".pt"):
         ckpt = load_checkpoint(source)
         found, state = NetworkConfig.from_dict(ckpt["network"]), ckpt["model"]
@@ -531,47 +526,9 @@ def initial_weights(source: str, config: NetworkConfig, photos: torch.Tensor | N
         name, _, version = source.partition("@")
         entry = store.get(name, int(version) if version else None)
         found, state = entry.config, load_file(entry.weights_path)
-    state = {k: v.float() for k, v in state.items()}
-    if found != config and photos is not None and replace(found, decoder_norm="none") == config:
-        net = build_network(found)
-        net.load_state_dict(state)
-        return fold_decoder_norm(net, photos)
     if found != config:
         raise ValueError(f"--init-from {source} is a {found} network, but this run trains a {config}")
-    return state
-
-
-def fold_decoder_norm(net: TransformNet, photos: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Weights of the same network without norms in its upsampling stages: each instance norm becomes the fixed
-    affine map of its mean statistics over `photos`, folded into the conv before it. The outputs stay close to
-    the original's (measured on udnie: docs/training.md) and fine-tuning starts from there."""
-    cfg = net.config
-    if cfg.preset != "modern" or cfg.decoder_norm != "instance":
-        raise ValueError(f"only a modern instance-norm decoder can be folded, not {cfg}")
-    stages = list(net.tail)[:-1]  # each: Sequential(Sequential(Upsample, Sequential(Pad, Conv)), InstanceNorm, ReLU)
-    moments: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(stages))}
-    hooks = [stage[1].register_forward_pre_hook(
-        lambda m, inp, i=i: moments[i].append(torch.stack([inp[0].mean((2, 3)), inp[0].var((2, 3), unbiased=False)])))
-        for i, stage in enumerate(stages)]
-    was_training = net.training
-    net.eval()
-    with torch.no_grad():
-        for photo in photos.split(1):
-            net(photo)
-    for h in hooks:
-        h.remove()
-    net.train(was_training)
-    state = dict(net.state_dict())
-    for i, stage in enumerate(stages):
-        mean, var = torch.cat(moments[i], 1).mean(1)  # over photos: per-channel mean and variance
-        norm = stage[1]
-        scale = norm.weight.detach() / torch.sqrt(var + norm.eps)
-        conv = f"tail.{i}.0.1.1"
-        state[f"{conv}.weight"] = state[f"{conv}.weight"] * scale[:, None, None, None]
-        state[f"{conv}.bias"] = (state[f"{conv}.bias"] - mean) * scale + norm.bias.detach()
-        for k in [k for k in state if k.startswith(f"tail.{i}.1.")]:
-            del state[k]
-    return state
+    return {k: v.float() for k, v in state.items()}
 
 
 def training_facts(ckpt: dict[str, Any]) -> dict[str, Any]:
