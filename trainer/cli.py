@@ -26,6 +26,21 @@ ContentLayer = typer.Option(None, "--content-layer", help="relu1_2 | relu2_2 | r
                             "recipe's)")
 LayerWeights = typer.Option(None, "--layer-weights", help="Style weight per layer relu1_2,relu2_2,relu3_3,relu4_3, "
                             "e.g. 0.25,0.25,0.25,0.25 (default: the recipe's)")
+ContentWeight = typer.Option(None, "--content-weight", help="lambda_c (default: the recipe's)")
+StyleWeight = typer.Option(None, "--style-weight", help="lambda_s (default: the recipe's)")
+TvWeight = typer.Option(None, "--tv-weight", help="lambda_TV (default: the recipe's)")
+
+
+def _recipe(name: str, content: float | None, style: float | None, tv: float | None, content_layer: str | None,
+            layer_weights: str | None) -> Any:
+    """A named recipe with the options given on the command line; a bad choice is a usage error."""
+    from trainer.losses import recipe
+
+    try:
+        return recipe(name, content=content, style=style, tv=tv, content_layer=content_layer,
+                      layer_weights=_floats(layer_weights))
+    except (ValueError, TypeError) as e:
+        raise typer.BadParameter(str(e)) from e
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -86,9 +101,9 @@ def train_style(
     image_size: int = typer.Option(256, "--image-size", help="Training crop side."),
     style_size: int = typer.Option(None, "--style-size", help="Longer side of the style image. (default: own, <=512)"),
     recipe: str = Recipe,
-    content_weight: float = typer.Option(None, "--content-weight", help="lambda_c (default: the recipe's)"),
-    style_weight: float = typer.Option(None, "--style-weight", help="lambda_s (default: the recipe's)"),
-    tv_weight: float = typer.Option(None, "--tv-weight", help="lambda_TV (default: the recipe's)"),
+    content_weight: float = ContentWeight,
+    style_weight: float = StyleWeight,
+    tv_weight: float = TvWeight,
     content_layer: str = ContentLayer,
     layer_weights: str = LayerWeights,
     normalization: str = typer.Option(None, "--normalization", help="none | relative (default: the recipe's)"),
@@ -188,9 +203,9 @@ def optimize(
     image_size: int = typer.Option(256, "--image-size", help="Longer side of the content image."),
     style_size: int = typer.Option(None, "--style-size", help="(default: own, <=512)"),
     recipe: str = Recipe,
-    content_weight: float = typer.Option(None, "--content-weight"),
-    style_weight: float = typer.Option(None, "--style-weight"),
-    tv_weight: float = typer.Option(None, "--tv-weight"),
+    content_weight: float = ContentWeight,
+    style_weight: float = StyleWeight,
+    tv_weight: float = TvWeight,
     content_layer: str = ContentLayer,
     layer_weights: str = LayerWeights,
     init: str = typer.Option("noise", "--init", help="noise (the paper's baseline) | content (start from the photo)"),
@@ -204,16 +219,11 @@ def optimize(
     from model_store.inference import resolve_device
     from trainer.gatys import optimize as run_gatys
     from trainer.losses import StyleObjective
-    from trainer.losses import recipe as named_recipe
     from trainer.vgg import load_loss_network
 
     if init not in ("noise", "content"):
         raise typer.BadParameter("--init must be noise or content")
-    try:
-        chosen = named_recipe(recipe, content=content_weight, style=style_weight, tv=tv_weight,
-                              content_layer=content_layer, layer_weights=_floats(layer_weights))
-    except (ValueError, TypeError) as e:
-        raise typer.BadParameter(str(e)) from e
+    chosen = _recipe(recipe, content_weight, style_weight, tv_weight, content_layer, layer_weights)
     dev = resolve_device(device)
     c = load_image(content, max_side=image_size).to(dev)
     s = load_image(style, max_side=style_size or 512).to(dev)
@@ -303,9 +313,9 @@ def style_preview(
     photos: list[Path] = typer.Option(None, "--photo", exists=True, dir_okay=False,
                                       help="Photos to stylize (repeatable; default: three of PERCEPT_PREVIEW_DIR)."),
     recipe: str = Recipe,
-    content_weight: float = typer.Option(None, "--content-weight"),
-    style_weight: float = typer.Option(None, "--style-weight"),
-    tv_weight: float = typer.Option(None, "--tv-weight"),
+    content_weight: float = ContentWeight,
+    style_weight: float = StyleWeight,
+    tv_weight: float = TvWeight,
     content_layer: str = ContentLayer,
     layer_weights: str = LayerWeights,
     style_size: int = typer.Option(None, "--style-size", help="Longer side of the style image: smaller = larger "
@@ -320,18 +330,16 @@ def style_preview(
 
     from model_store.inference import resolve_device
     from trainer.data import find_images, load_style
-    from trainer.losses import recipe as named_recipe
     from trainer.preview import grid, stylize
     from trainer.vgg import LossNetworkError, load_loss_network
 
     if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise typer.BadParameter(f"--output must end in .png, .jpg or .webp, got {output.name!r}")
+    chosen = _recipe(recipe, content_weight, style_weight, tv_weight, content_layer, layer_weights)
     try:
-        chosen = named_recipe(recipe, content=content_weight, style=style_weight, tv=tv_weight,
-                              content_layer=content_layer, layer_weights=_floats(layer_weights))
         style = load_style(style_image, style_size)
-    except (ValueError, TypeError, OSError) as e:
-        raise typer.BadParameter(str(e)) from e
+    except (ValueError, OSError) as e:
+        raise typer.BadParameter(f"cannot read the style image {style_image}: {e}") from e
     if not photos:
         folder = settings().preview_dir
         photos = find_images(folder)[:3] if folder.is_dir() else []
