@@ -320,8 +320,8 @@ def style_preview(
     layer_weights: str = LayerWeights,
     style_size: int = typer.Option(None, "--style-size", help="Longer side of the style image: smaller = larger "
                                    "strokes. (default: own, <=512)"),
-    image_size: int = typer.Option(256, "--image-size", help="Longer side of each photo."),
-    iterations: int = typer.Option(50, "--iterations", help="L-BFGS-B iterations per photo."),
+    image_size: int = typer.Option(224, "--image-size", help="Longer side of each photo."),
+    iterations: int = typer.Option(40, "--iterations", help="L-BFGS-B iterations per photo."),
     device: str = Device,
 ) -> None:
     """What a network trained on STYLE_IMAGE with this recipe will approximate, in about a minute on a CPU: the
