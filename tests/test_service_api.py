@@ -616,3 +616,20 @@ def test_redis_mode_api_and_worker() -> None:
         if thread is not None:
             thread.join(10)
         probe.r.flushdb()
+
+
+def test_stylize_serves_the_newest_muse(client: TestClient) -> None:
+    """A fresh clone serves muse v2 (the balanced recipe); v1 stays in the store for comparison."""
+    from model_store.images import to_tensor
+    from model_store.inference import run
+
+    info = next(m for m in client.get("/models").json() if m["name"] == "muse")
+    assert info["version"] == max(info["versions"]) >= 2 and 1 in info["versions"]
+    assert info["training"]["recipe"] == "balanced"
+    r = post_image(client, "/stylize", photo(), style="muse")
+    assert r.status_code == 200, r.text
+    x = to_tensor(decode(photo()))
+    served = pixels(r.content).astype(np.float32)
+    for version, close in ((info["version"], True), (1, False)):
+        expected = run(store.load("muse", version)[0], x)[0].permute(1, 2, 0).round().numpy()
+        assert bool(np.abs(served - expected).mean() < 1.0) is close, version
