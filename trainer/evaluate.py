@@ -177,25 +177,23 @@ def style_errors(
     """Mean relative errors of a style network's outputs on the content photos, one fixed measure for every
     recipe: ||G(y) - G(s)||^2 / ||G(s)||^2 at each style layer (lower = closer to the painting's statistics) and
     ||phi(y) - phi(x)||^2 / ||phi(x)||^2 at relu2_2 and relu3_3 (higher = further from the photo)."""
-    from trainer.losses import STYLE_LAYERS, StyleObjective, recipe
+    from trainer.losses import STYLE_LAYERS, gram, relative_loss
 
     dev = torch.device(device)
     net, entry, vgg, style = _style_model(model, version, dev, vgg_weights)
-    measures = {layer: StyleObjective(vgg, style, recipe("balanced", content_layer=layer))
-                for layer in ("relu2_2", "relu3_3")}
+    content_layers = ("relu2_2", "relu3_3")
+    with torch.no_grad():
+        targets = {n: gram(f) for n, f in vgg(style, STYLE_LAYERS).items()}
     sums: dict[str, float] = {}
     photos = find_images(content_dir)[:limit]
     for path in photos:
         content = load_image(path, max_side=image_size).to(dev)
-        out = run(net, content)
         with torch.no_grad():
-            for layer, objective in measures.items():
-                errors = objective.layer_errors(out, objective.content_features(content))
-                values = {f"content_{layer}": errors["content"]}
-                if layer == "relu3_3":
-                    values.update({n: errors[f"style_{n}"] for n in STYLE_LAYERS})
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v.item() / len(photos)
+            out, photo = vgg(run(net, content), STYLE_LAYERS), vgg(content, content_layers)  # one pass each
+            values = {n: relative_loss(gram(out[n]), targets[n]) for n in STYLE_LAYERS}
+            values.update({f"content_{n}": relative_loss(out[n], photo[n]) for n in content_layers})
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v.item() / len(photos)
     return {"model": model, "version": entry.version, "recipe": entry.manifest.get("training", {}).get("recipe",
             "paper"), "images": len(photos), "image_size": image_size, **sums}
 

@@ -520,12 +520,10 @@ def initial_weights(source: str, config: NetworkConfig) -> dict[str, torch.Tenso
     if source.endswith(".pt"):
         ckpt = load_checkpoint(source)
         found, state = NetworkConfig.from_dict(ckpt["network"]), ckpt["model"]
-    else:
-        from safetensors.torch import load_file
-
+    else:  # store.load checks the weights' sha256 and returns them in fp32
         name, _, version = source.partition("@")
-        entry = store.get(name, int(version) if version else None)
-        found, state = entry.config, load_file(entry.weights_path)
+        stored, entry = store.load(name, int(version) if version else None)
+        found, state = entry.config, stored.state_dict()
     if found != config:
         raise ValueError(f"--init-from {source} is a {found} network, but this run trains a {config}")
     return {k: v.float() for k, v in state.items()}
