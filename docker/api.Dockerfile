@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1.7
 # The HTTP API (`percept serve`), CPU only. Build from the repository root:
 #   docker build -f docker/api.Dockerfile -t percept-api .
-# docker-compose.yml also runs this image as the CPU worker (`percept worker`, profile `cpu`) and as the
-# one-shot `models-init` that seeds the model-store volume: it holds the whole package, with CPU torch.
+# docker-compose.yml also runs this image as the CPU worker (`worker-cpu`: `percept worker`, started by plain
+# `docker compose up`) and as the one-shot `models-init` that seeds the model-store volume: it holds the whole
+# package, with CPU torch.
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -25,7 +26,8 @@ RUN groupadd --system --gid 10001 percept \
 COPY pyproject.toml /tmp/build/pyproject.toml
 RUN python -c "import tomllib; project = tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']; \
         print('\n'.join(project['dependencies']))" > /tmp/build/requirements.txt \
- && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu $(grep -E '^torch(vision)?==' /tmp/build/requirements.txt) \
+ && grep -E '^torch(vision)?==' /tmp/build/requirements.txt > /tmp/build/torch.txt \
+ && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu -r /tmp/build/torch.txt \
  && pip install --no-cache-dir -r /tmp/build/requirements.txt \
  && rm -rf /tmp/build
 
@@ -33,7 +35,8 @@ RUN python -c "import tomllib; project = tomllib.load(open('/tmp/build/pyproject
 # the source tree adds no layer of its own; .dockerignore keeps tests, docs and local state out of it.
 RUN --mount=type=bind,target=/src,rw pip install --no-cache-dir --no-deps /src
 
-USER percept
+# The percept user by number (a runtime can then check it is not root without reading /etc/passwd).
+USER 10001:10001
 WORKDIR /home/percept
 
 # All settings come from the environment (service/settings.py): REDIS_URL, PERCEPT_API_KEY, PERCEPT_QUEUE_MAX ...

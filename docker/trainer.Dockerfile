@@ -34,7 +34,8 @@ RUN groupadd --system --gid 10001 percept \
 COPY pyproject.toml /tmp/build/pyproject.toml
 RUN python -c "import tomllib; project = tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']; \
         print('\n'.join(project['dependencies']))" > /tmp/build/requirements.txt \
- && uv pip install --index-url "$TORCH_INDEX" $(grep -E '^torch(vision)?==' /tmp/build/requirements.txt) \
+ && grep -E '^torch(vision)?==' /tmp/build/requirements.txt > /tmp/build/torch.txt \
+ && uv pip install --index-url "$TORCH_INDEX" -r /tmp/build/torch.txt \
  && uv pip install -r /tmp/build/requirements.txt \
  && rm -rf /tmp/build
 
@@ -45,7 +46,8 @@ RUN --mount=type=bind,target=/src,rw uv pip install --no-deps /src
 RUN mkdir -p /runs /data \
  && chown percept:percept /runs
 
-USER percept
+# The percept user by number (a runtime can then check it is not root without reading /etc/passwd).
+USER 10001:10001
 WORKDIR /home/percept
 
 # All settings come from the environment (trainer/settings.py); `--publish` writes to MODEL_STORE.

@@ -37,14 +37,16 @@ RUN groupadd --system --gid 10001 percept \
 COPY pyproject.toml /tmp/build/pyproject.toml
 RUN python -c "import tomllib; project = tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']; \
         print('\n'.join(project['dependencies']))" > /tmp/build/requirements.txt \
- && uv pip install --index-url "$TORCH_INDEX" $(grep -E '^torch(vision)?==' /tmp/build/requirements.txt) \
+ && grep -E '^torch(vision)?==' /tmp/build/requirements.txt > /tmp/build/torch.txt \
+ && uv pip install --index-url "$TORCH_INDEX" -r /tmp/build/torch.txt \
  && uv pip install -r /tmp/build/requirements.txt \
  && rm -rf /tmp/build
 
 # The package, non-editable (built-in models included); the context is bind-mounted, not copied into a layer.
 RUN --mount=type=bind,target=/src,rw uv pip install --no-deps /src
 
-USER percept
+# The percept user by number (a runtime can then check it is not root without reading /etc/passwd).
+USER 10001:10001
 WORKDIR /home/percept
 
 # All settings come from the environment (worker/settings.py): REDIS_URL (required), PERCEPT_DEVICE,

