@@ -1,7 +1,18 @@
-"""Shared fixtures: a throwaway model store, the shared data folder and loss networks built once per session."""
+"""Shared fixtures: a throwaway model store, the shared data folder, loss networks built once per session, and a
+private Redis server.
+
+The Redis tests never touch a Redis they did not start: `redis_server` runs its own `redis-server` (no
+persistence, 127.0.0.1 on a free port, a temporary directory) for the session, and only that server is flushed.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +55,173 @@ def random_vgg():
     from trainer.vgg import load_loss_network
 
     return load_loss_network(random_weights=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Redis: a server of our own, never the developer's (e.g. whatever answers on the default port)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_inherited_redis_url() -> Iterator[None]:
+    """A REDIS_URL in the developer's shell would point settings built from the environment at their Redis."""
+    saved = {k: os.environ.pop(k) for k in ("REDIS_URL", "PERCEPT_REDIS_URL") if k in os.environ}
+    yield
+    os.environ.update(saved)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A `redis-server` child process on 127.0.0.1: no RDB, no AOF, its files in `workdir`.
+
+    The port is chosen once (bind to port 0) and kept, so `stop()` / `kill()` then `start()` bring the server
+    back at the same URL with an empty database: what fault tests need to simulate a Redis restart.
+    """
+
+    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+        self.binary = binary
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "redis.log"
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return self.url_for(0)
+
+    def url_for(self, db: int) -> str:
+        assert self.port is not None, "not started yet"
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def client(self, db: int = 0, **kwargs):
+        import redis
+
+        return redis.Redis.from_url(self.url_for(db), socket_timeout=kwargs.pop("socket_timeout", 2), **kwargs)
+
+    def start(self, timeout: float = 5.0) -> RedisServer:
+        """Start (or restart, on the same port) and wait until it answers PING; a no-op when running."""
+        if self.running:
+            return self
+        # The first start picks a free port; if another process takes it before redis binds, pick again.
+        attempts = 1 if self.port is not None else 3
+        for attempt in range(attempts):
+            if attempt or self.port is None:
+                self.port = _free_port()
+            try:
+                self._spawn_and_wait(timeout)
+                return self
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+        return self
+
+    def _spawn_and_wait(self, timeout: float) -> None:
+        import redis
+
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--dir", str(self.workdir)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        r = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{self._log_tail()}")
+                try:
+                    if r.ping():
+                        return
+                except redis.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not answer PING in {timeout:g} s:\n{self._log_tail()}")
+                time.sleep(0.02)
+        finally:
+            r.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL when it does not exit in `timeout` seconds. Nothing is saved (no RDB, no AOF)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash a fault test wants (`start()` brings it back empty on the same port)."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def flush(self) -> None:
+        """FLUSHALL, on this server only."""
+        r = self.client()
+        try:
+            r.flushall()
+        finally:
+            r.close()
+
+    def _log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.is_file() else ""
+
+
+def _redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (the Redis tests start their own; e.g. apt-get install "
+                    "redis-server)")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The session's private Redis server (shared by the Redis tests; do not stop it: use `fresh_redis_server`)."""
+    server = RedisServer(_redis_binary(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """redis://127.0.0.1:<port>/0 of the session's private server; not flushed (see `redis_db`)."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisServer) -> str:
+    """`redis_url`, emptied (FLUSHALL on the private server) before the test; restarted if a test stopped it."""
+    redis_server.start()
+    redis_server.flush()
+    return redis_server.url
+
+
+@pytest.fixture
+def fresh_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server of this test's own, started; the test may stop(), kill() and start() it (same port, empty)."""
+    server = RedisServer(_redis_binary(), tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,4 +1,6 @@
-"""End to end over real processes: HTTP -> API process -> Redis -> worker process -> HTTP, for both endpoints."""
+"""End to end over real processes: HTTP -> API process -> Redis -> worker process -> HTTP, for both endpoints.
+
+Redis is conftest's private server (`redis_server`), emptied before the processes start."""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import httpx
 import pytest
 from PIL import Image
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,22 +33,17 @@ def _png(w: int, h: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def service():
-    import redis
-
-    r = redis.Redis.from_url(REDIS_URL)
-    try:
-        r.ping()
-    except Exception:
-        pytest.skip("no Redis on 127.0.0.1:6379 (.ci/run starts one)")
-    r.flushdb()
+def service(redis_server):
+    redis_server.start()  # a no-op unless a test stopped it
+    redis_server.flush()
+    redis_url = redis_server.url
     port = _free_port()
-    env = {**os.environ, "REDIS_URL": REDIS_URL, "PERCEPT_WARMUP_SIZES": "32", "PERCEPT_DEVICE": "cpu",
+    env = {**os.environ, "REDIS_URL": redis_url, "PERCEPT_WARMUP_SIZES": "32", "PERCEPT_DEVICE": "cpu",
            "PERCEPT_HEARTBEAT_S": "0.5", "PERCEPT_MAX_BATCH_DELAY_MS": "50"}
     cli = [sys.executable, "-m", "percept.cli"]
-    api = subprocess.Popen([*cli, "serve", "--port", str(port), "--redis-url", REDIS_URL], cwd=ROOT, env=env,
+    api = subprocess.Popen([*cli, "serve", "--port", str(port), "--redis-url", redis_url], cwd=ROOT, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    worker = subprocess.Popen([*cli, "worker", "--redis-url", REDIS_URL], cwd=ROOT, env=env,
+    worker = subprocess.Popen([*cli, "worker", "--redis-url", redis_url], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
@@ -73,7 +69,6 @@ def service():
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        r.flushdb()
 
 
 def test_stylize_through_redis(service):

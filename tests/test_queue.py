@@ -1,4 +1,5 @@
-"""The job queue's contract, on both backends: the in-memory one and Redis Streams (a real server)."""
+"""The job queue's contract, on both backends: the in-memory one and Redis Streams (a real server: the private one
+that conftest's `redis_db` starts)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,9 @@ import pytest
 
 from worker.queue import MemoryQueue, QueueFull, RedisQueue
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 
-
-def _redis_or_skip() -> RedisQueue:
-    q = RedisQueue(REDIS_URL, max_depth=4, ttl_s=60, max_attempts=2)
-    if not q.ping():
-        pytest.skip("no Redis on 127.0.0.1:6379 (.ci/run starts one)")
-    q.r.flushdb()
-    return q
+def _redis_queue(url: str) -> RedisQueue:
+    return RedisQueue(url, max_depth=4, ttl_s=60, max_attempts=2)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -24,9 +19,7 @@ def queue(request):
     if request.param == "memory":
         yield MemoryQueue(max_depth=4, ttl_s=60, max_attempts=2)
     else:
-        q = _redis_or_skip()
-        yield q
-        q.r.flushdb()
+        yield _redis_queue(request.getfixturevalue("redis_db"))
 
 
 def test_submit_reserve_complete(queue):
@@ -104,34 +97,28 @@ def test_heartbeats_list_live_workers(queue):
     assert queue.workers(max_age_s=-1) == []
 
 
-def test_redis_dead_worker_jobs_are_reclaimed():
-    q = _redis_or_skip()
-    try:
-        ids = [q.submit("muse", {}, b"x") for _ in range(3)]
-        taken = q.reserve("dead-worker", 8, 100)
-        assert len(taken) == 3
-        assert q.reclaim("w2", min_idle_ms=60_000) == []  # not idle long enough yet
-        time.sleep(0.25)
-        claimed = q.reclaim("w2", min_idle_ms=200)
-        assert sorted(j.id for j in claimed) == sorted(ids)
-        assert all(j.attempt == 2 for j in claimed)
-        for j in claimed:
-            q.complete(j, b"r", "image/png", 1.0, 3)
-        assert all(q.status(i)["status"] == "done" for i in ids)
-        # The dead worker's late completion of the same job changes nothing.
-        q.complete(taken[0], b"late", "image/png", 1.0, 3)
-        assert q.result(ids[0]) == b"r"
-        assert q.depth() == 0
-    finally:
-        q.r.flushdb()
+def test_redis_dead_worker_jobs_are_reclaimed(redis_db):
+    q = _redis_queue(redis_db)
+    ids = [q.submit("muse", {}, b"x") for _ in range(3)]
+    taken = q.reserve("dead-worker", 8, 100)
+    assert len(taken) == 3
+    assert q.reclaim("w2", min_idle_ms=60_000) == []  # not idle long enough yet
+    time.sleep(0.25)
+    claimed = q.reclaim("w2", min_idle_ms=200)
+    assert sorted(j.id for j in claimed) == sorted(ids)
+    assert all(j.attempt == 2 for j in claimed)
+    for j in claimed:
+        q.complete(j, b"r", "image/png", 1.0, 3)
+    assert all(q.status(i)["status"] == "done" for i in ids)
+    # The dead worker's late completion of the same job changes nothing.
+    q.complete(taken[0], b"late", "image/png", 1.0, 3)
+    assert q.result(ids[0]) == b"r"
+    assert q.depth() == 0
 
 
-def test_redis_jobs_expire():
-    q = _redis_or_skip()
-    try:
-        q.ttl_s = 1
-        job_id = q.submit("muse", {}, b"x")
-        assert 0 < q.r.ttl(f"percept:job:{job_id}") <= 1
-        assert 0 < q.r.ttl(f"percept:job:{job_id}:input") <= 1
-    finally:
-        q.r.flushdb()
+def test_redis_jobs_expire(redis_db):
+    q = _redis_queue(redis_db)
+    q.ttl_s = 1
+    job_id = q.submit("muse", {}, b"x")
+    assert 0 < q.r.ttl(f"percept:job:{job_id}") <= 1
+    assert 0 < q.r.ttl(f"percept:job:{job_id}:input") <= 1

@@ -574,26 +574,21 @@ def test_admin_models_served_without_restart(tmp_store: Path, monkeypatch: pytes
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Redis mode: the API only enqueues; a separate worker (here a thread on its own connection) does the work
+# Redis mode: the API only enqueues; a separate worker (here a thread on its own connection) does the work.
+# Redis is conftest's private server (`redis_db`: emptied before the test), never one the tests did not start.
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
 
-
-def test_redis_mode_api_and_worker() -> None:
+def test_redis_mode_api_and_worker(redis_db: str) -> None:
     import threading
 
     from worker.queue import RedisQueue
     from worker.runner import Worker
     from worker.settings import WorkerSettings
 
-    probe = RedisQueue(REDIS_URL)
-    if not probe.ping():
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    probe.r.flushdb()
     stop = threading.Event()
     thread = None
     try:
-        app = create_app(ServiceSettings(api_key=KEY, queue_max=8).model_copy(update={"redis_url": REDIS_URL}))
+        app = create_app(ServiceSettings(api_key=KEY, queue_max=8).model_copy(update={"redis_url": redis_db}))
         with TestClient(app) as client:
             assert client.get("/healthz").json()["mode"] == "redis"
             not_ready = client.get("/readyz")
@@ -601,7 +596,7 @@ def test_redis_mode_api_and_worker() -> None:
             queued = post_image(client, "/stylize", photo(), style="muse", **{"async": "true"})
             assert queued.status_code == 202 and queued.json()["position"] == 0
 
-            worker = Worker(RedisQueue(REDIS_URL), WorkerSettings(warmup_sizes="", heartbeat_s=0.2, device="cpu"))
+            worker = Worker(RedisQueue(redis_db), WorkerSettings(warmup_sizes="", heartbeat_s=0.2, device="cpu"))
             thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
             thread.start()
             wait_ready(client)
@@ -615,7 +610,6 @@ def test_redis_mode_api_and_worker() -> None:
         stop.set()
         if thread is not None:
             thread.join(10)
-        probe.r.flushdb()
 
 
 def test_stylize_serves_the_newest_muse(client: TestClient) -> None:

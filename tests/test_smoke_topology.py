@@ -1,6 +1,6 @@
 """The docker-compose topology, started natively: a Redis server, one API process and two workers.
 
-Real processes on free ports (the Redis on 6379 used by the other tests is left alone): wait for /readyz and two
+Real processes on free ports (its own Redis, apart from conftest's `redis_server`): wait for /readyz and two
 live workers, send stylize and x4 upscale requests concurrently, check the images, check the work was shared
 out through the queue, and run the images' health-check commands against the live processes. Skipped when
 `redis-server` is not installed. scripts/smoke.sh starts the same topology by hand.

@@ -1,5 +1,5 @@
-"""Workers as separate processes on a real Redis: batching across concurrent jobs, and no job lost when a worker
-is killed with SIGKILL in the middle of a batch."""
+"""Workers as separate processes on a real Redis (conftest's private server): batching across concurrent jobs, and
+no job lost when a worker is killed with SIGKILL in the middle of a batch."""
 
 from __future__ import annotations
 
@@ -16,18 +16,12 @@ from PIL import Image
 
 from worker.queue import RedisQueue
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def queue():
-    q = RedisQueue(REDIS_URL, ttl_s=120, max_attempts=3)
-    if not q.ping():
-        pytest.skip("no Redis on 127.0.0.1:6379 (.ci/run starts one)")
-    q.r.flushdb()
-    yield q
-    q.r.flushdb()
+def queue(redis_db):
+    return RedisQueue(redis_db, ttl_s=120, max_attempts=3)
 
 
 def _png(side: int, seed: int = 0) -> bytes:
@@ -37,8 +31,8 @@ def _png(side: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _start_worker(name: str, **env: str) -> subprocess.Popen:
-    environ = {**os.environ, "REDIS_URL": REDIS_URL, "PERCEPT_WARMUP_SIZES": "32", "PERCEPT_DEVICE": "cpu",
+def _start_worker(name: str, redis_url: str, **env: str) -> subprocess.Popen:
+    environ = {**os.environ, "REDIS_URL": redis_url, "PERCEPT_WARMUP_SIZES": "32", "PERCEPT_DEVICE": "cpu",
                "PERCEPT_HEARTBEAT_S": "0.2", **env}
     code = "import logging; logging.basicConfig(level='INFO'); from worker.runner import serve_forever; serve_forever()"
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=environ,
@@ -75,8 +69,8 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def test_concurrent_jobs_are_batched(queue):
-    worker = _start_worker("batcher", PERCEPT_MAX_BATCH_SIZE="8", PERCEPT_MAX_BATCH_DELAY_MS="500")
+def test_concurrent_jobs_are_batched(queue, redis_db):
+    worker = _start_worker("batcher", redis_db, PERCEPT_MAX_BATCH_SIZE="8", PERCEPT_MAX_BATCH_DELAY_MS="500")
     try:
         _wait_ready(queue, 1, worker)
         ids = [queue.submit("muse", {"format": "png"}, _png(32, i)) for i in range(16)]
@@ -93,10 +87,10 @@ def test_concurrent_jobs_are_batched(queue):
         _stop(worker)
 
 
-def test_killed_worker_loses_no_job(queue):
+def test_killed_worker_loses_no_job(queue, redis_db):
     # A slow batch (large images, one per forward pass) so that the kill lands while jobs are running.
     slow = {"PERCEPT_MAX_BATCH_SIZE": "4", "PERCEPT_MAX_BATCH_DELAY_MS": "200", "PERCEPT_VISIBILITY_TIMEOUT_S": "2"}
-    first = _start_worker("first", **slow)
+    first = _start_worker("first", redis_db, **slow)
     second = None
     try:
         _wait_ready(queue, 1, first)
@@ -109,7 +103,7 @@ def test_killed_worker_loses_no_job(queue):
         first.wait(10)
         running = [i for i in ids if queue.status(i)["status"] == "running"]
         assert running, "the kill should leave jobs in flight"
-        second = _start_worker("second", **slow)
+        second = _start_worker("second", redis_db, **slow)
         recs = _wait_done(queue, ids)
         assert [r["status"] for r in recs] == ["done"] * len(ids), [r["error"] for r in recs]
         assert all(queue.status(i)["attempts"] >= 2 for i in running)  # redelivered, not lost
