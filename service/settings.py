@@ -1,4 +1,5 @@
-"""HTTP service settings, from the environment (prefix ``PERCEPT_``, plus ``REDIS_URL``), with laptop defaults.
+"""HTTP service settings, from the environment (prefix ``PERCEPT_``, plus ``REDIS_URL``), with laptop defaults
+(worker/settings.py declares the variables the service shares with the worker).
 
 ``PERCEPT_API_KEY=secret percept serve`` runs an embedded service (API and one worker thread in one process,
 an in-memory queue) with the admin endpoints enabled; with ``REDIS_URL`` set the API only enqueues jobs and
@@ -7,16 +8,14 @@ an in-memory queue) with the admin endpoints enabled; with ``REDIS_URL`` set the
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr
+
+from worker.settings import QueueSettings
 
 
-class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PERCEPT_", extra="ignore", env_ignore_empty=True)  # empty = unset
-
-    # The job queue. None: embedded mode (an in-memory queue and an in-process worker thread); a URL such as
-    # redis://host:6379/0: the shared Redis queue, served by separate `percept worker` processes.
-    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "PERCEPT_REDIS_URL"))
+class ServiceSettings(QueueSettings):
+    """The API process. REDIS_URL (None: embedded mode) and the queue's limits (PERCEPT_QUEUE_MAX, PERCEPT_JOB_TTL_S,
+    PERCEPT_MAX_ATTEMPTS) are `QueueSettings`, shared with the worker; the queue is built from them in both modes."""
 
     # Bearer token of the /admin endpoints. None: they are disabled and answer 403 saying to set PERCEPT_API_KEY.
     api_key: SecretStr | None = None
@@ -42,10 +41,6 @@ class ServiceSettings(BaseSettings):
     default_wait_s: float = Field(30.0, ge=0)
     max_wait_s: float = Field(120.0, ge=0)
 
-    # Jobs queued or running at most; past it new requests get 503 with Retry-After.
-    queue_max: int = Field(256, ge=1)
-    # Finished jobs and their results are kept this long (seconds), then GET /jobs/{id} answers 404.
-    job_ttl_s: float = Field(3600.0, gt=0)
     # A worker whose last heartbeat is older than this (seconds) does not count for /readyz.
     worker_stale_s: float = Field(15.0, gt=0)
     # Retry-After (seconds) sent with 503 answers (queue full, inference failure, no queue).
@@ -54,7 +49,3 @@ class ServiceSettings(BaseSettings):
     # `percept serve` binds here.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-
-    @property
-    def embedded(self) -> bool:
-        return not self.redis_url

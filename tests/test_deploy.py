@@ -10,7 +10,6 @@ where a Docker CLI with compose is installed, `docker compose config` accepts th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shlex
@@ -193,10 +192,11 @@ def known_env_vars() -> set[str]:
     from pydantic import AliasChoices
 
     from service.settings import ServiceSettings
+    from trainer.settings import TrainerSettings
     from worker.settings import WorkerSettings
 
     names = {"MODEL_STORE"}
-    for cls in (ServiceSettings, WorkerSettings):
+    for cls in (ServiceSettings, WorkerSettings, TrainerSettings):
         prefix = cls.model_config.get("env_prefix", "")
         for field_name, field in cls.model_fields.items():
             alias = field.validation_alias
@@ -403,7 +403,7 @@ def test_trainer_env_vars_are_read(monkeypatch: pytest.MonkeyPatch):
     assert {"PERCEPT_VGG_WEIGHTS", "PERCEPT_DATA", "PERCEPT_RUNS", "PERCEPT_PREVIEW_DIR"} <= names
     for name in names:
         monkeypatch.setenv(name, "/sentinel-value")
-        values = [str(v) for v in dataclasses.asdict(TrainerSettings()).values()]
+        values = [str(v) for v in TrainerSettings().model_dump().values()]
         assert "/sentinel-value" in values, f"{name} does not reach TrainerSettings"
         monkeypatch.delenv(name)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ def _run(cfg: Any, resume: Path | None, overrides: dict[str, Any], queue: bool =
     if queue:
         from trainer.jobs import QUEUE_NAME, enqueue
 
-        redis_url = os.environ.get("REDIS_URL")
+        redis_url = settings().redis_url
         if not redis_url:
             raise typer.BadParameter("--queue needs REDIS_URL (e.g. redis://localhost:6379/0)")
         job_id = enqueue(cfg.to_dict(), redis_url, str(resume) if resume else None)
@@ -76,7 +75,7 @@ def train_status(job_id: str) -> None:
     """Status and progress of a queued training run (--queue)."""
     from trainer.jobs import status
 
-    redis_url = os.environ.get("REDIS_URL")
+    redis_url = settings().redis_url
     if not redis_url:
         raise typer.BadParameter("REDIS_URL is not set")
     typer.echo(json.dumps(status(job_id, redis_url), indent=2, default=str))

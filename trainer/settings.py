@@ -1,34 +1,41 @@
-"""Trainer settings, read from the environment with defaults that work in a checkout next to ``../shared``."""
+"""Trainer settings, read from the environment with defaults that work in a checkout next to ``../shared``.
+
+A pydantic-settings class like the service's and the worker's (worker/settings.py): REDIS_URL (``--queue``) comes
+from the shared `RedisSettings`; the paths below have their own variables.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from worker.settings import RedisSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
-def _env_path(var: str, default: Path) -> Path:
-    value = os.environ.get(var)
-    return Path(value).expanduser() if value else default
+class TrainerSettings(RedisSettings):
+    model_config = SettingsConfigDict(frozen=True)  # merged with RedisSettings'
 
-
-@dataclass(frozen=True)
-class TrainerSettings:
     # ImageNet VGG-16 conv1_1..conv4_3 in torchvision's `vgg16().features` layout (.safetensors or .pth).
-    vgg_weights: Path = field(
-        default_factory=lambda: _env_path("PERCEPT_VGG_WEIGHTS", SHARED_DATA / "weights" / "vgg16_relu4_3.safetensors")
-    )
+    vgg_weights: Path = Field(SHARED_DATA / "weights" / "vgg16_relu4_3.safetensors",
+                              validation_alias="PERCEPT_VGG_WEIGHTS")
     # caffe (RGB 0..255 minus mean, no std) | torchvision (0..1, mean/std) | auto (read from the file).
-    vgg_convention: str = field(default_factory=lambda: os.environ.get("PERCEPT_VGG_CONVENTION", "auto"))
+    vgg_convention: str = Field("auto", validation_alias="PERCEPT_VGG_CONVENTION")
     # Folder of training photos, searched recursively.
-    data_dir: Path = field(default_factory=lambda: _env_path("PERCEPT_DATA", SHARED_DATA / "train"))
+    data_dir: Path = Field(SHARED_DATA / "train", validation_alias="PERCEPT_DATA")
     # Where runs write checkpoints, previews, logs and plots.
-    runs_dir: Path = field(default_factory=lambda: _env_path("PERCEPT_RUNS", REPO_ROOT / "runs"))
+    runs_dir: Path = Field(REPO_ROOT / "runs", validation_alias="PERCEPT_RUNS")
     # Fixed content images shown in training previews.
-    preview_dir: Path = field(default_factory=lambda: _env_path("PERCEPT_PREVIEW_DIR", SHARED_DATA / "content"))
+    preview_dir: Path = Field(SHARED_DATA / "content", validation_alias="PERCEPT_PREVIEW_DIR")
+
+    @field_validator("vgg_weights", "data_dir", "runs_dir", "preview_dir")
+    @classmethod
+    def _expand_user(cls, value: Path) -> Path:
+        return value.expanduser()
 
 
 def settings() -> TrainerSettings:

@@ -1,4 +1,15 @@
-"""Worker settings, from the environment (prefix ``PERCEPT_``, plus ``REDIS_URL``), with laptop defaults."""
+"""Settings of every percept process, from the environment (prefix ``PERCEPT_``, plus ``REDIS_URL``), with laptop
+defaults. One style everywhere: pydantic-settings classes, each environment variable declared in one class:
+
+* `PerceptSettings`: the common configuration (the prefix, empty values count as unset, fields settable by name).
+* `RedisSettings`: ``REDIS_URL`` (the API, the inference worker, the trainer's ``--queue``).
+* `QueueSettings`: the job queue's limits. The API process builds its queue from them in both modes (the in-memory
+  queue of embedded mode and the Redis queue), and worker processes read the same variables.
+* `WorkerSettings`: the inference worker (a `percept worker` process, or the embedded worker thread).
+
+`service.settings.ServiceSettings` extends `QueueSettings`; `trainer.settings.TrainerSettings` extends
+`RedisSettings`. Nothing here imports torch, FastAPI or Redis.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +17,37 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PERCEPT_", extra="ignore", env_ignore_empty=True)  # empty = unset
+class PerceptSettings(BaseSettings):
+    # empty = unset; populate_by_name: `Settings(redis_url=...)` works although the variable is REDIS_URL.
+    model_config = SettingsConfigDict(env_prefix="PERCEPT_", extra="ignore", env_ignore_empty=True,
+                                      populate_by_name=True)
 
+
+class RedisSettings(PerceptSettings):
+    # None: no Redis (the API runs embedded: an in-memory queue and an in-process worker thread); a URL such as
+    # redis://host:6379/0: the shared Redis queue, served by separate `percept worker` processes.
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "PERCEPT_REDIS_URL"))
+
+
+class QueueSettings(RedisSettings):
+    # Jobs queued or running at most; past it new requests get 503 with Retry-After.
+    queue_max: int = Field(256, ge=1)
+    # A job's record, upload and result are kept this long (seconds) after its last change (submitted, taken by a
+    # worker, finished); then GET /jobs/{id} answers 404.
+    job_ttl_s: float = Field(3600.0, gt=0)
+    # Deliveries of one job at most (a failed try that may succeed elsewhere is retried at the back of the queue).
+    max_attempts: int = Field(3, ge=1)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+
+class WorkerSettings(QueueSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_batch_size: int = Field(8, ge=1, le=256)
     max_batch_delay_ms: int = Field(10, ge=0, le=10_000)  # wait at most this long for a batch to fill
     visibility_timeout_s: float = Field(60.0, gt=0)  # a job pending this long on a silent worker is re-delivered
-    max_attempts: int = Field(3, ge=1)
-    job_ttl_s: float = Field(3600.0, gt=0)
     memory_budget_mb: float = Field(2048.0, gt=0)  # resident model weights; least recently used are evicted
     tile_pixels: int = Field(4_000_000, ge=1_000_000)  # output pixels above which a request runs in tiles
     half: bool = True  # fp16 inference on CUDA (fp32 fallback on NaN/Inf)
