@@ -25,7 +25,7 @@ from service import page, routes
 from service.deps import ServiceState
 from service.metrics import Metrics, MetricsMiddleware
 from service.settings import ServiceSettings
-from worker.queue import MemoryQueue, QueueFull, connect
+from worker.queue import JobQueue, MemoryQueue, QueueFull, open_queue
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ Synchronous calls answer with the image; a job that is not finished within `wait
 class EmbeddedWorker:
     """A `worker.runner.Worker` on a daemon thread: warm-up, then the loop until `stop`."""
 
-    def __init__(self, queue: Any, state: ServiceState):
+    def __init__(self, queue: JobQueue, state: ServiceState):
         from worker.runner import Worker  # torch and the models load only where a worker runs
         from worker.settings import WorkerSettings
 
@@ -108,12 +108,14 @@ def _install_error_handlers(app: FastAPI, settings: ServiceSettings) -> None:
                             headers={"Retry-After": str(settings.retry_after_s)})
 
 
-def create_app(settings: ServiceSettings | None = None, queue: Any = None, start_worker: bool | None = None) -> FastAPI:
-    """The service. `queue`: an existing MemoryQueue/RedisQueue (default: from `settings.redis_url`);
-    `start_worker`: run a worker thread in this process (default: only with an in-memory queue)."""
+def create_app(settings: ServiceSettings | None = None, queue: JobQueue | None = None,
+               start_worker: bool | None = None) -> FastAPI:
+    """The service. `queue`: an existing MemoryQueue/RedisQueue (default: the one `settings` describe, with their
+    queue_max, job_ttl_s and max_attempts in either mode); `start_worker`: run a worker thread in this process
+    (default: only with an in-memory queue)."""
     settings = settings or ServiceSettings()
     if queue is None:
-        queue = connect(settings.redis_url, max_depth=settings.queue_max, ttl_s=settings.job_ttl_s)
+        queue = open_queue(settings)
     if start_worker is None:
         start_worker = isinstance(queue, MemoryQueue)
     state = ServiceState(settings=settings, queue=queue, metrics=Metrics(queue, settings.worker_stale_s),

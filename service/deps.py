@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.metrics import Metrics
 from service.settings import ServiceSettings
+from worker.queue import JobQueue
 
 # Multipart framing (boundaries, part headers) around the file: allowed on top of max_upload_bytes.
 MULTIPART_SLACK = 64 * 1024
@@ -26,7 +27,7 @@ class ServiceState:
     """What the handlers share: one per app."""
 
     settings: ServiceSettings
-    queue: Any  # worker.queue.MemoryQueue | RedisQueue
+    queue: JobQueue  # worker.queue.MemoryQueue | RedisQueue
     metrics: Metrics
     wait_limiter: anyio.CapacityLimiter | None = None  # threads blocked waiting on jobs (set in the lifespan)
     worker_error: str | None = None  # embedded mode: why the in-process worker stopped
@@ -48,7 +49,7 @@ def get_settings(state: ServiceState = Depends(get_state)) -> ServiceSettings:
     return state.settings
 
 
-def get_queue(state: ServiceState = Depends(get_state)) -> Any:
+def get_queue(state: ServiceState = Depends(get_state)) -> JobQueue:
     return state.queue
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from typing import Any
 
 import anyio
 from fastapi import HTTPException, Request, Response
@@ -14,7 +14,7 @@ from service.deps import JOB_ID_LENGTH, ServiceState, unavailable
 from service.schemas import JobStatus
 from service.settings import ServiceSettings
 from service.uploads import check_output_size, read_image, validate_image
-from worker.queue import TERMINAL, QueueFull
+from worker.queue import JobParams, JobRecord, JobState, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -25,40 +25,40 @@ def job_id_ok(job_id: str) -> bool:
     return len(job_id) == JOB_ID_LENGTH and all(c in "0123456789abcdef" for c in job_id)
 
 
-def job_failure(rec: dict[str, Any], settings: ServiceSettings) -> HTTPException:
+def job_failure(rec: JobRecord, settings: ServiceSettings) -> HTTPException:
     """A failed or cancelled job as an HTTP error: the input's fault -> 422, the service's -> 503."""
-    error = rec.get("error") or "the job failed"
-    if rec["status"] == "cancelled":
+    error = rec.error or "the job failed"
+    if rec.status is JobState.CANCELLED:
         return HTTPException(410, f"the job was cancelled: {error}")
-    status = rec.get("error_status")  # set by the worker: 4xx the input's fault, 503 the service's
-    if isinstance(status, int) and 400 <= status < 500:
+    status = rec.error_status  # set by the worker: 4xx the input's fault, 503 the service's
+    if status is not None and 400 <= status < 500:
         return HTTPException(status, error)
     return unavailable(f"the job failed on the worker: {error}", settings)
 
 
-def status_response(rec: dict[str, Any], code: int = 202) -> JSONResponse:
+def status_response(rec: JobRecord, code: int = 202) -> JSONResponse:
     body = JobStatus.from_record(rec).model_dump(mode="json")
-    headers = {"Location": f"/jobs/{rec['id']}"}
-    if rec["status"] not in TERMINAL:
+    headers = {"Location": f"/jobs/{rec.id}"}
+    if not rec.terminal:
         headers["Retry-After"] = "1"
     return JSONResponse(body, status_code=code, headers=headers)
 
 
-def result_response(rec: dict[str, Any], data: bytes) -> Response:
-    created, started, finished = rec.get("created_at"), rec.get("started_at"), rec.get("finished_at")
-    media_type = rec.get("media_type") or "application/octet-stream"
+def result_response(rec: JobRecord, data: bytes) -> Response:
+    created, started, finished = rec.created_at, rec.started_at, rec.finished_at
+    media_type = rec.media_type or "application/octet-stream"
     ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(media_type, "bin")
-    headers = {"X-Job-Id": rec["id"], "X-Model": rec["model"], "Cache-Control": "no-store",
-               "Content-Disposition": f'inline; filename="{rec["id"]}.{ext}"'}
+    headers = {"X-Job-Id": rec.id, "X-Model": rec.model, "Cache-Control": "no-store",
+               "Content-Disposition": f'inline; filename="{rec.id}.{ext}"'}
     timing = []
     if created and started:
         headers["X-Queue-Wait-Ms"] = f"{(started - created) * 1000:.1f}"
         timing.append(f"queue;dur={(started - created) * 1000:.1f}")
-    if rec.get("compute_ms") is not None:
-        headers["X-Compute-Ms"] = f"{float(rec['compute_ms']):.1f}"
-        timing.append(f"compute;dur={float(rec['compute_ms']):.1f}")
-    if rec.get("batch_size") is not None:
-        headers["X-Batch-Size"] = str(rec["batch_size"])
+    if rec.compute_ms is not None:
+        headers["X-Compute-Ms"] = f"{rec.compute_ms:.1f}"
+        timing.append(f"compute;dur={rec.compute_ms:.1f}")
+    if rec.batch_size is not None:
+        headers["X-Batch-Size"] = str(rec.batch_size)
     if created and finished:
         headers["X-Total-Ms"] = f"{(finished - created) * 1000:.1f}"
         timing.append(f"total;dur={(finished - created) * 1000:.1f}")
@@ -67,18 +67,18 @@ def result_response(rec: dict[str, Any], data: bytes) -> Response:
     return Response(data, media_type=media_type, headers=headers)
 
 
-async def wait_for_job(state: ServiceState, job_id: str, timeout: float, request: Request) -> dict[str, Any] | None:
+async def wait_for_job(state: ServiceState, job_id: str, timeout: float, request: Request) -> JobRecord | None:
     """Block (in a worker thread, a second at a time) until the job ends, `timeout` passes or the client leaves."""
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         chunk = max(0.0, min(remaining, 1.0))
         rec = await anyio.to_thread.run_sync(state.queue.wait, job_id, chunk, limiter=state.wait_limiter)
-        if rec is None or rec["status"] in TERMINAL or remaining <= 1.0 or await request.is_disconnected():
+        if rec is None or rec.terminal or remaining <= 1.0 or await request.is_disconnected():
             return rec
 
 
-async def run_job(request: Request, state: ServiceState, model: str, factor: int, params: dict[str, Any],
+async def run_job(request: Request, state: ServiceState, model: str, factor: int, params: JobParams,
                   wait: float | None, run_async: bool) -> Response:
     """Validate the upload, enqueue it, then answer with the image or with 202 and the job."""
     settings = state.settings
@@ -86,9 +86,9 @@ async def run_job(request: Request, state: ServiceState, model: str, factor: int
         raise HTTPException(422, f"wait must be between 0 and {settings.max_wait_s:g} seconds")
     data, declared = await read_image(request, settings)
     size = await validate_image(data, declared, settings)
-    max_side = params.get("max_side") or settings.max_side_default
+    max_side = params.max_side or settings.max_side_default
     check_output_size(size, max_side, factor, settings)
-    params = {**params, "max_side": max_side, "max_pixels": settings.max_pixels}
+    params = dataclasses.replace(params, max_side=max_side, max_pixels=settings.max_pixels)
     try:
         job_id = await anyio.to_thread.run_sync(state.queue.submit, model, params, data)
     except QueueFull as e:
@@ -105,17 +105,17 @@ async def run_job(request: Request, state: ServiceState, model: str, factor: int
     return await finished_or_pending(state, rec)
 
 
-def _gone(job_id: str) -> dict[str, Any]:
-    return {"id": job_id, "status": "queued", "model": "", "created_at": time.time()}
+def _gone(job_id: str) -> JobRecord:
+    return JobRecord(id=job_id, model="", params=JobParams(), created_at=time.time())
 
 
-async def finished_or_pending(state: ServiceState, rec: dict[str, Any]) -> Response:
-    if rec["status"] == "done":
+async def finished_or_pending(state: ServiceState, rec: JobRecord) -> Response:
+    if rec.status is JobState.DONE:
         state.metrics.observe_job(rec)
-        data = await anyio.to_thread.run_sync(state.queue.result, rec["id"])
+        data = await anyio.to_thread.run_sync(state.queue.result, rec.id)
         if data is None:
-            raise HTTPException(404, f"the result of job {rec['id']} has expired")
+            raise HTTPException(404, f"the result of job {rec.id} has expired")
         return result_response(rec, data)
-    if rec["status"] in TERMINAL:
+    if rec.terminal:
         raise job_failure(rec, state.settings)
     return status_response(rec)

@@ -25,6 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from worker.queue import JobQueue, JobRecord, JobState
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -34,7 +36,7 @@ UNMATCHED = "<unmatched>"
 class QueueCollector(Collector):
     """Queue depth and the workers' counters, read from the queue when Prometheus scrapes."""
 
-    def __init__(self, queue: Any, stale_s: float):
+    def __init__(self, queue: JobQueue, stale_s: float):
         self.queue, self.stale_s = queue, stale_s
 
     def collect(self) -> Iterable[Metric]:
@@ -96,7 +98,7 @@ def worker_metrics(workers: list[dict[str, Any]]) -> Iterable[Metric]:
 class Metrics:
     """The API process's metrics and the registry /metrics renders."""
 
-    def __init__(self, queue: Any, worker_stale_s: float = 15.0):
+    def __init__(self, queue: JobQueue, worker_stale_s: float = 15.0):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("percept_http_requests", "HTTP requests answered", ["method", "route", "status"],
@@ -118,20 +120,20 @@ class Metrics:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
-    def observe_job(self, rec: dict[str, Any]) -> None:
+    def observe_job(self, rec: JobRecord) -> None:
         """Record a finished job's queue wait and compute time, once per job id."""
-        if rec.get("status") != "done":
+        if rec.status is not JobState.DONE:
             return
         with self._lock:
-            if rec["id"] in self._seen:
+            if rec.id in self._seen:
                 return
-            self._seen[rec["id"]] = None
+            self._seen[rec.id] = None
             while len(self._seen) > 10_000:
                 self._seen.popitem(last=False)
-        if rec.get("started_at") and rec.get("created_at"):
-            self.queue_wait.labels(rec["model"]).observe(max(0.0, rec["started_at"] - rec["created_at"]))
-        if rec.get("compute_ms") is not None:
-            self.compute.labels(rec["model"]).observe(float(rec["compute_ms"]) / 1000)
+        if rec.started_at:
+            self.queue_wait.labels(rec.model).observe(max(0.0, rec.started_at - rec.created_at))
+        if rec.compute_ms is not None:
+            self.compute.labels(rec.model).observe(rec.compute_ms / 1000)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

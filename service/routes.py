@@ -32,6 +32,7 @@ from service.jobs import finished_or_pending, job_id_ok, run_job
 from service.schemas import DefaultVersion, Error, Health, JobStatus, ModelInfo, Published, WorkerInfo
 from service.settings import ServiceSettings
 from service.uploads import media_type
+from worker.queue import JobParams, JobQueue, JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,8 @@ async def stylize(
 ) -> Response:
     """Apply a style to an image (raw body with an image/* Content-Type, or multipart field `file`)."""
     check_style(style)
-    params = {"format": fmt, "quality": quality, "max_side": max_side, "strength": strength,
-              "preserve_color": preserve_color}
+    params = JobParams(format=fmt, quality=quality, max_side=max_side, strength=strength,
+                       preserve_color=preserve_color)
     return await run_job(request, state, style, 1, params, wait, run_async)
 
 
@@ -111,11 +112,11 @@ async def upscale(
 ) -> Response:
     """Super-resolve an image by `factor` (raw body with an image/* Content-Type, or multipart field `file`)."""
     model = check_sr(factor, loss)
-    params = {"format": fmt, "quality": quality, "max_side": max_side, "histmatch": histmatch}
+    params = JobParams(format=fmt, quality=quality, max_side=max_side, histmatch=histmatch)
     return await run_job(request, state, model, factor, params, wait, run_async)
 
 
-def _job_or_404(queue: Any, job_id: str) -> dict[str, Any]:
+def _job_or_404(queue: JobQueue, job_id: str) -> JobRecord:
     rec = queue.status(job_id) if job_id_ok(job_id) else None
     if rec is None:
         raise HTTPException(404, f"no job {job_id!r} (unknown, or expired after its time to live)")
@@ -326,7 +327,7 @@ def cancel_job(job_id: str, state: ServiceState = Depends(get_state)) -> JobStat
     _job_or_404(state.queue, job_id)
     if not state.queue.cancel(job_id):
         rec = _job_or_404(state.queue, job_id)
-        raise HTTPException(409, f"job {job_id} is {rec['status']}: only queued jobs can be cancelled")
+        raise HTTPException(409, f"job {job_id} is {rec.status}: only queued jobs can be cancelled")
     return JobStatus.from_record(_job_or_404(state.queue, job_id))
 
 

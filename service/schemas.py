@@ -7,8 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from model_store.store import SrLoss
-
-JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+from worker.queue import JobRecord, JobState
 
 
 class Error(BaseModel):
@@ -36,19 +35,17 @@ class JobStatus(BaseModel):
     worker: str | None = None
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> JobStatus:
-        started, created = rec.get("started_at"), rec.get("created_at") or 0.0
-        wait = round((started - created) * 1000, 3) if started else None
+    def from_record(cls, rec: JobRecord) -> JobStatus:
+        queued, started = rec.status is JobState.QUEUED, rec.started_at
         return cls(
-            id=rec["id"], status=rec["status"], model=rec["model"],
-            position=rec.get("position") if rec["status"] == "queued" else None,
-            created_at=created, started_at=started, finished_at=rec.get("finished_at"),
-            queue_wait_ms=wait, compute_ms=rec.get("compute_ms"), batch_size=rec.get("batch_size"),
-            attempts=int(rec.get("attempts") or 0),
+            id=rec.id, status=rec.status, model=rec.model, position=rec.position if queued else None,
+            created_at=rec.created_at, started_at=started, finished_at=rec.finished_at,
+            queue_wait_ms=round((started - rec.created_at) * 1000, 3) if started else None,
+            compute_ms=rec.compute_ms, batch_size=rec.batch_size, attempts=rec.attempts,
             # A queued job's error is the previous attempt's; it is retried, so it is not reported yet.
-            error=rec.get("error") if rec["status"] in ("failed", "cancelled") else None,
-            result_url=f"/jobs/{rec['id']}/result" if rec["status"] == "done" else None,
-            worker=rec.get("worker"),
+            error=rec.error if rec.status in (JobState.FAILED, JobState.CANCELLED) else None,
+            result_url=f"/jobs/{rec.id}/result" if rec.status is JobState.DONE else None,
+            worker=rec.worker,
         )
 
 

@@ -6,18 +6,18 @@ import threading
 import time
 
 from worker.batcher import collect
-from worker.queue import MemoryQueue
+from worker.queue import JobParams, MemoryQueue
 
 
 def _collect(q: MemoryQueue, max_batch: int, delay_s: float, first_wait_ms: int = 200):
-    return collect(lambda n, ms: q.reserve("w", n, ms), lambda job: job, lambda job: (job.model, job.params["size"]),
+    return collect(lambda n, ms: q.reserve("w", n, ms), lambda job: job, lambda job: (job.model, job.params.max_side),
                    max_batch, delay_s, first_wait_ms)
 
 
 def test_full_batch_goes_at_once():
     q = MemoryQueue()
     for _ in range(4):
-        q.submit("muse", {"size": 64}, b"x")
+        q.submit("muse", JobParams(max_side=64), b"x")
     start = time.monotonic()
     batches = _collect(q, max_batch=4, delay_s=5.0)
     assert time.monotonic() - start < 1.0  # did not wait for the 5 s delay
@@ -26,8 +26,8 @@ def test_full_batch_goes_at_once():
 
 def test_partial_batch_waits_for_the_delay_and_collects_late_arrivals():
     q = MemoryQueue()
-    q.submit("muse", {"size": 64}, b"x")
-    threading.Timer(0.1, lambda: q.submit("muse", {"size": 64}, b"x")).start()
+    q.submit("muse", JobParams(max_side=64), b"x")
+    threading.Timer(0.1, lambda: q.submit("muse", JobParams(max_side=64), b"x")).start()
     start = time.monotonic()
     batches = _collect(q, max_batch=8, delay_s=0.4)
     elapsed = time.monotonic() - start
@@ -38,21 +38,21 @@ def test_partial_batch_waits_for_the_delay_and_collects_late_arrivals():
 def test_groups_by_model_and_size():
     q = MemoryQueue()
     for model, size in [("muse", 64), ("muse", 32), ("wave", 64), ("muse", 64), ("muse", 64)]:
-        q.submit(model, {"size": size}, b"x")
+        q.submit(model, JobParams(max_side=size), b"x")
     batches = _collect(q, max_batch=4, delay_s=0.05)
     assert sorted(len(b) for b in batches) == [1, 1, 3]
     for b in batches:
-        assert len({(j.model, j.params["size"]) for j in b}) == 1
+        assert len({(j.model, j.params.max_side) for j in b}) == 1
 
 
 def test_oversized_groups_are_split():
     q = MemoryQueue()
     for model in ["muse"] * 3 + ["wave"]:
-        q.submit(model, {"size": 64}, b"x")
+        q.submit(model, JobParams(max_side=64), b"x")
     def late_arrivals() -> None:
         with q._cond:  # the four arrive together, so one reserve call sees them all (the lock is reentrant)
             for _ in range(4):
-                q.submit("muse", {"size": 64}, b"x")
+                q.submit("muse", JobParams(max_side=64), b"x")
 
     threading.Timer(0.05, late_arrivals).start()
     batches = _collect(q, max_batch=4, delay_s=5.0)  # returns as soon as the late arrivals fill the group
@@ -68,7 +68,7 @@ def test_nothing_queued_returns_empty_after_first_wait():
 def test_failed_preparation_is_dropped():
     q = MemoryQueue()
     for i in range(3):
-        q.submit("muse", {"size": 64, "bad": i == 1}, b"x")
-    batches = collect(lambda n, ms: q.reserve("w", n, ms), lambda j: None if j.params["bad"] else j,
+        q.submit("muse", JobParams(max_side=64, histmatch=i == 1), b"x")
+    batches = collect(lambda n, ms: q.reserve("w", n, ms), lambda j: None if j.params.histmatch else j,
                       lambda j: j.model, 8, 0.05, 100)
     assert [len(b) for b in batches] == [2]

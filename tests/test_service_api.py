@@ -23,7 +23,7 @@ from model_store.networks import NetworkConfig, build_network
 from service.app import create_app
 from service.jobs import job_failure
 from service.settings import ServiceSettings
-from worker.queue import MemoryQueue
+from worker.queue import JobParams, JobRecord, MemoryQueue
 
 KEY = "admin-secret"
 W, H = 40, 32
@@ -353,14 +353,14 @@ def test_unreachable_redis_is_503() -> None:
 
 def test_job_failure_mapping() -> None:
     settings = ServiceSettings()
-    rec = {"id": "x", "status": "failed", "model": "candy"}
+    rec = {"id": "x", "status": "failed", "model": "candy", "params": JobParams(), "created_at": 0.0}
     # The worker records the status: 4xx when the input was at fault, 503 when the service was.
-    assert job_failure({**rec, "error": "truncated", "error_status": 400}, settings).status_code == 400
-    assert job_failure({**rec, "error": "x", "error_status": 413}, settings).status_code == 413
+    assert job_failure(JobRecord(**rec, error="truncated", error_status=400), settings).status_code == 400
+    assert job_failure(JobRecord(**rec, error="x", error_status=413), settings).status_code == 413
     for record in ({"error": "inference failed: boom", "error_status": 503}, {"error": "no status recorded"}):
-        e = job_failure({**rec, **record}, settings)
+        e = job_failure(JobRecord(**rec, **record), settings)
         assert e.status_code == 503 and e.headers and "Retry-After" in e.headers
-    assert job_failure({**rec, "status": "cancelled", "error": "by an admin"}, settings).status_code == 410
+    assert job_failure(JobRecord(**{**rec, "status": "cancelled", "error": "by an admin"}), settings).status_code == 410
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from worker.queue import RedisQueue
+from worker.queue import JobParams, JobRecord, RedisQueue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,14 +50,14 @@ def _wait_ready(q: RedisQueue, count: int, proc: subprocess.Popen, timeout: floa
     raise AssertionError("worker did not become ready")
 
 
-def _wait_done(q: RedisQueue, ids: list[str], timeout: float = 120) -> list[dict]:
+def _wait_done(q: RedisQueue, ids: list[str], timeout: float = 120) -> list[JobRecord]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         recs = [q.status(i) for i in ids]
-        if all(r["status"] in ("done", "failed") for r in recs):
+        if all(r.status in ("done", "failed") for r in recs):
             return recs
         time.sleep(0.1)
-    raise AssertionError(f"jobs not finished: {[q.status(i)['status'] for i in ids]}")
+    raise AssertionError(f"jobs not finished: {[q.status(i).status for i in ids]}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -73,16 +73,16 @@ def test_concurrent_jobs_are_batched(queue, redis_db):
     worker = _start_worker("batcher", redis_db, PERCEPT_MAX_BATCH_SIZE="8", PERCEPT_MAX_BATCH_DELAY_MS="500")
     try:
         _wait_ready(queue, 1, worker)
-        ids = [queue.submit("muse", {"format": "png"}, _png(32, i)) for i in range(16)]
+        ids = [queue.submit("muse", JobParams(format="png"), _png(32, i)) for i in range(16)]
         recs = _wait_done(queue, ids)
-        assert all(r["status"] == "done" for r in recs), [r["error"] for r in recs]
+        assert all(r.status == "done" for r in recs), [r.error for r in recs]
         assert all(Image.open(io.BytesIO(queue.result(i))).size == (32, 32) for i in ids)
         deadline = time.monotonic() + 10  # the heartbeat after the last batch carries the final counters
         while (w := queue.workers()[0])["batched_jobs"] < 16 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert w["batched_jobs"] == 16
         assert w["forward_passes"] < 16  # 16 jobs shared fewer forward passes
-        assert max(r["batch_size"] for r in recs) > 1
+        assert max(r.batch_size for r in recs) > 1
     finally:
         _stop(worker)
 
@@ -94,19 +94,19 @@ def test_killed_worker_loses_no_job(queue, redis_db):
     second = None
     try:
         _wait_ready(queue, 1, first)
-        ids = [queue.submit("muse", {"format": "jpeg"}, _png(384, i)) for i in range(6)]
+        ids = [queue.submit("muse", JobParams(format="jpeg"), _png(384, i)) for i in range(6)]
         deadline = time.monotonic() + 60
-        while not any(queue.status(i)["status"] == "running" for i in ids):
+        while not any(queue.status(i).status == "running" for i in ids):
             assert time.monotonic() < deadline, "the first worker never started a job"
             time.sleep(0.02)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        running = [i for i in ids if queue.status(i)["status"] == "running"]
+        running = [i for i in ids if queue.status(i).status == "running"]
         assert running, "the kill should leave jobs in flight"
         second = _start_worker("second", redis_db, **slow)
         recs = _wait_done(queue, ids)
-        assert [r["status"] for r in recs] == ["done"] * len(ids), [r["error"] for r in recs]
-        assert all(queue.status(i)["attempts"] >= 2 for i in running)  # redelivered, not lost
+        assert [r.status for r in recs] == ["done"] * len(ids), [r.error for r in recs]
+        assert all(queue.status(i).attempts >= 2 for i in running)  # redelivered, not lost
         assert all(queue.result(i)[:2] == b"\xff\xd8" for i in ids)  # JPEG results
         assert queue.depth() == 0
     finally:

@@ -1,36 +1,128 @@
 """The job queue between API processes and inference workers: Redis Streams, or an in-memory queue (embedded mode).
 
-Both backends have the same methods, so the API and the worker loop do not know which one they talk to.
+The contract is `JobQueue`, a Protocol both backends satisfy (tests/test_queue.py runs one set of tests on both),
+so the API and the worker loop do not know which one they talk to. What goes through it is typed: `JobParams`
+(what a request asks of the worker: the pipeline's `model_store.options.Options` and the input limit), `JobRecord`
+(a job as `status`/`wait`/`list_jobs` return it), `Reserved` (a job handed to a worker) and `JobState` (the
+states; `TERMINAL` the final ones). `open_queue` builds either backend from the same `QueueSettings`, so embedded
+mode honours PERCEPT_QUEUE_MAX, PERCEPT_JOB_TTL_S and PERCEPT_MAX_ATTEMPTS too.
+
+Shared semantics:
+
+* Order: first in, first out. A job that failed with ``retry=True`` goes to the back of the queue, in both backends:
+  it is fair (a job that keeps failing, e.g. an out-of-memory input, cannot hold up the jobs behind it), and it is
+  what a Redis stream does naturally (an entry cannot be put back at its head).
+* Attempts: a job is delivered at most `max_attempts` times; a retry past that fails it with its last error.
+* Time to live: a job's record, upload and result are dropped `ttl_s` seconds after its last change (submitted,
+  taken by a worker, retried, finished); `status` then answers None.
+* `complete`/`fail` of a job that already ended (a slower duplicate) change nothing.
 
 Redis layout (prefix ``percept:``)::
 
     jobs                     stream of job ids, consumer group ``workers`` (XREADGROUP / XACK / XAUTOCLAIM)
-    job:<id>                 hash: status, model, params (JSON), size, timings, attempts, error, stream_id
-    job:<id>:input           the uploaded bytes            (expire after the job TTL)
-    job:<id>:result          the encoded output image      (expire after the job TTL)
+    job:<id>                 hash of the JobRecord's fields (each JSON) and the stream_id of its current entry
+    job:<id>:input           the uploaded bytes
+    job:<id>:result          the encoded output image
     job:<id>:done            list pushed once when the job ends; an API process waiting on it uses BLPOP
+    recent                   sorted set of job ids by submission time (list_jobs; the newest RECENT_MAX kept)
     workers                  hash worker id -> JSON heartbeat (models loaded, counters, last seen)
 
 Delivery is at least once: a job stays pending in the consumer group until a worker acknowledges it; a worker
 that dies leaves its jobs pending, and another worker claims them (XAUTOCLAIM) once they have been idle for the
-visibility timeout. A job delivered more than `max_attempts` times is marked failed with its last error.
+visibility timeout (`reclaim`; the in-memory queue has nothing to reclaim: its worker thread dies with it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-TERMINAL = ("done", "failed", "cancelled")
+from model_store.options import Options
+
+if TYPE_CHECKING:
+    from worker.settings import QueueSettings
+
+
+class JobState(StrEnum):
+    """A job's state. The values are the `status` strings of the HTTP API and of the Redis records."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL: frozenset[JobState] = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 
 
 class QueueFull(Exception):
     """The bounded queue has no room; the API answers 503 with Retry-After."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobParams(Options):
+    """What a job asks of the worker besides the model: the pipeline's `Options` (max_side, strength,
+    preserve_color, histmatch, format, quality; the routes fill them in) and the API's input limit."""
+
+    max_pixels: int | None = None  # the API's input pixel limit, checked again when the worker decodes
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> JobParams:
+        return cls(**value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRecord:
+    """A job as the queue knows it (immutable: the queues replace it). Times are Unix seconds."""
+
+    id: str
+    model: str
+    params: JobParams
+    created_at: float
+    status: JobState = JobState.QUEUED
+    started_at: float | None = None  # when a worker last took it
+    finished_at: float | None = None
+    attempts: int = 0  # deliveries to a worker so far
+    error: str | None = None  # the last attempt's error (a queued job keeps it while it waits for its retry)
+    error_status: int | None = None  # the HTTP status of a failure: 4xx the input's fault, 503 the service's
+    worker: str | None = None  # the worker that last took it
+    media_type: str | None = None  # of the result
+    compute_ms: float | None = None  # the forward pass of the batch that held it
+    batch_size: int | None = None  # jobs in that batch
+    position: int | None = None  # jobs ahead of it while queued (0: next); None otherwise
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", JobState(self.status))  # "done" -> JobState.DONE: `is` comparisons hold
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_json(self) -> dict[str, Any]:
+        """Field -> JSON-able value (`position` is computed on reading, never stored)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "position"}
+        out["params"] = self.params.to_json()
+        out["status"] = self.status.value
+        return out
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> JobRecord:
+        return cls(**{**value, "params": JobParams.from_json(value["params"])})
 
 
 @dataclass
@@ -39,29 +131,93 @@ class Reserved:
 
     id: str
     model: str
-    params: dict[str, Any]
+    params: JobParams
     data: bytes
-    attempt: int
+    attempt: int  # 1 on the first delivery
     enqueued_at: float
-    stream_id: str = ""
+    stream_id: str = ""  # Redis: the stream entry to acknowledge
 
 
-@dataclass
-class _MemJob:
-    record: dict[str, Any]
-    data: bytes
-    result: bytes | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+@runtime_checkable
+class JobQueue(Protocol):
+    """What the API (submit .. ping) and the workers (reserve .. workers) use; `MemoryQueue` and `RedisQueue`."""
+
+    max_depth: int
+    ttl_s: float
+    max_attempts: int
+
+    # API side
+    def submit(self, model: str, params: JobParams, data: bytes) -> str:
+        """Queue a job; raises QueueFull when `depth()` has reached `max_depth`."""
+        ...
+
+    def status(self, job_id: str) -> JobRecord | None:
+        """The job (with its position while queued), or None when unknown or expired."""
+        ...
+
+    def result(self, job_id: str) -> bytes | None: ...
+
+    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        """The job once it has ended, or as it is after `timeout` seconds."""
+        ...
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job; False when it is not queued (running, ended, unknown)."""
+        ...
+
+    def list_jobs(self, limit: int = 100) -> list[JobRecord]:
+        """The most recently submitted jobs that have not expired, newest first."""
+        ...
+
+    def depth(self) -> int:
+        """Jobs queued or running."""
+        ...
+
+    def ping(self) -> bool: ...
+
+    # Worker side
+    def reserve(self, consumer: str, count: int, block_ms: int) -> list[Reserved]:
+        """Up to `count` queued jobs, oldest first, now running; waits up to `block_ms` for the first."""
+        ...
+
+    def reclaim(self, consumer: str, min_idle_ms: int, count: int = 16) -> list[Reserved]:
+        """Jobs a dead worker left running for longer than `min_idle_ms`."""
+        ...
+
+    def complete(self, job: Reserved, result: bytes, media_type: str, compute_ms: float, batch_size: int) -> None: ...
+
+    def fail(self, job: Reserved, error: str, retry: bool, status: int = 503) -> None:
+        """`retry`: queue it again (at the back) unless it has had `max_attempts` deliveries; else it fails."""
+        ...
+
+    def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None: ...
+
+    def workers(self, max_age_s: float = 15.0) -> list[dict[str, Any]]:
+        """The heartbeats (`info` plus `id` and `last_seen`) of workers seen in the last `max_age_s` seconds."""
+        ...
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def _record(job_id: str, model: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {"id": job_id, "status": "queued", "model": model, "params": params, "created_at": time.time(),
-            "started_at": None, "finished_at": None, "attempts": 0, "error": None, "worker": None,
-            "media_type": None, "compute_ms": None, "batch_size": None, "error_status": None}
+def _new_record(job_id: str, model: str, params: JobParams) -> JobRecord:
+    if not isinstance(params, JobParams):
+        raise TypeError(f"params must be JobParams, not {type(params).__name__}")
+    return JobRecord(id=job_id, model=model, params=params, created_at=time.time())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# In memory
+
+
+@dataclass
+class _MemJob:
+    record: JobRecord
+    data: bytes
+    expires_at: float
+    result: bytes | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class MemoryQueue:
@@ -69,56 +225,68 @@ class MemoryQueue:
 
     def __init__(self, max_depth: int = 256, ttl_s: float = 3600.0, max_attempts: int = 3):
         self.max_depth, self.ttl_s, self.max_attempts = max_depth, ttl_s, max_attempts
-        self._jobs: OrderedDict[str, _MemJob] = OrderedDict()
-        self._queue: list[str] = []
-        self._cond = threading.Condition()
+        self._jobs: OrderedDict[str, _MemJob] = OrderedDict()  # by submission time
+        self._queue: deque[str] = deque()
+        self._running: set[str] = set()
+        self._expiry: deque[tuple[float, str]] = deque()  # (expires_at, id) in time order; stale entries skipped
+        self._cond = threading.Condition()  # reentrant
         self._workers: dict[str, dict[str, Any]] = {}
 
     # API side -------------------------------------------------------------------------------------------
-    def submit(self, model: str, params: dict[str, Any], data: bytes) -> str:
+    def submit(self, model: str, params: JobParams, data: bytes) -> str:
         with self._cond:
             self._expire()
             if self.depth() >= self.max_depth:
                 raise QueueFull(f"the queue holds {self.max_depth} jobs")
             job_id = new_job_id()
-            self._jobs[job_id] = _MemJob(_record(job_id, model, params), data)
+            self._jobs[job_id] = _MemJob(_new_record(job_id, model, params), data, 0.0)
+            self._touch(job_id)
             self._queue.append(job_id)
             self._cond.notify_all()
             return job_id
 
-    def status(self, job_id: str) -> dict[str, Any] | None:
+    def status(self, job_id: str) -> JobRecord | None:
         with self._cond:
+            self._expire()
             job = self._jobs.get(job_id)
             if job is None:
                 return None
-            rec = dict(job.record)
-            rec["position"] = self._queue.index(job_id) if job_id in self._queue else None
-            return rec
+            if job.record.status is JobState.QUEUED:
+                return dataclasses.replace(job.record, position=self._queue.index(job_id))
+            return job.record
 
     def result(self, job_id: str) -> bytes | None:
-        job = self._jobs.get(job_id)
-        return job.result if job else None
+        with self._cond:
+            self._expire()
+            job = self._jobs.get(job_id)
+            return job.result if job else None
 
-    def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
-        job = self._jobs.get(job_id)
+    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        with self._cond:
+            job = self._jobs.get(job_id)
         if job is not None:
             job.done.wait(max(0.0, timeout))
         return self.status(job_id)
 
     def cancel(self, job_id: str) -> bool:
         with self._cond:
-            if job_id in self._queue:
-                self._queue.remove(job_id)
-                self._finish(job_id, "cancelled", error="cancelled by an administrator")
-                return True
-            return False
+            self._expire()
+            job = self._jobs.get(job_id)
+            if job is None or job.record.status is not JobState.QUEUED:
+                return False
+            self._queue.remove(job_id)
+            self._finish(job_id, JobState.CANCELLED, error="cancelled by an administrator")
+            return True
 
-    def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
-        ids = list(self._jobs)[-limit:]
-        return [s for s in (self.status(i) for i in reversed(ids)) if s]
+    def list_jobs(self, limit: int = 100) -> list[JobRecord]:
+        with self._cond:
+            self._expire()
+            ids = list(self._jobs)[-limit:] if limit > 0 else []
+            return [s for s in (self.status(i) for i in reversed(ids)) if s]
 
     def depth(self) -> int:
-        return len(self._queue) + sum(1 for j in self._jobs.values() if j.record["status"] == "running")
+        with self._cond:
+            return len(self._queue) + len(self._running)
 
     def ping(self) -> bool:
         return True
@@ -127,17 +295,24 @@ class MemoryQueue:
     def reserve(self, consumer: str, count: int, block_ms: int) -> list[Reserved]:
         deadline = time.monotonic() + block_ms / 1000
         with self._cond:
-            while not self._queue:
+            while True:
+                self._expire()
+                if self._queue:
+                    break
                 remaining = deadline - time.monotonic()
-                if (remaining <= 0 or not self._cond.wait(remaining)) and not self._queue:
+                if remaining <= 0:
                     return []
-            taken, self._queue = self._queue[:count], self._queue[count:]
+                self._cond.wait(remaining)
             out = []
-            for job_id in taken:
+            while self._queue and len(out) < count:
+                job_id = self._queue.popleft()
                 job = self._jobs[job_id]
-                rec = job.record
-                rec.update(status="running", started_at=time.time(), worker=consumer, attempts=rec["attempts"] + 1)
-                out.append(Reserved(job_id, rec["model"], rec["params"], job.data, rec["attempts"], rec["created_at"]))
+                rec = dataclasses.replace(job.record, status=JobState.RUNNING, started_at=time.time(),
+                                          worker=consumer, attempts=job.record.attempts + 1)
+                job.record = rec
+                self._running.add(job_id)
+                self._touch(job_id)
+                out.append(Reserved(job_id, rec.model, rec.params, job.data, rec.attempts, rec.created_at))
             return out
 
     def reclaim(self, consumer: str, min_idle_ms: int, count: int = 16) -> list[Reserved]:
@@ -145,53 +320,87 @@ class MemoryQueue:
 
     def complete(self, job: Reserved, result: bytes, media_type: str, compute_ms: float, batch_size: int) -> None:
         with self._cond:
-            if job.id in self._jobs and self._jobs[job.id].record["status"] == "running":
+            if self._is_running(job.id):
                 self._jobs[job.id].result = result
-                self._finish(job.id, "done", media_type=media_type, compute_ms=compute_ms, batch_size=batch_size)
+                self._finish(job.id, JobState.DONE, media_type=media_type, compute_ms=compute_ms,
+                             batch_size=batch_size)
 
     def fail(self, job: Reserved, error: str, retry: bool, status: int = 503) -> None:
         with self._cond:
-            if job.id not in self._jobs:
+            if not self._is_running(job.id):
                 return
             if retry and job.attempt < self.max_attempts:
-                self._jobs[job.id].record["status"] = "queued"
-                self._jobs[job.id].record["error"] = error
-                self._queue.insert(0, job.id)
+                mem = self._jobs[job.id]
+                mem.record = dataclasses.replace(mem.record, status=JobState.QUEUED, error=error)
+                self._running.discard(job.id)
+                self._queue.append(job.id)  # at the back, as in Redis
+                self._touch(job.id)
                 self._cond.notify_all()
             else:
-                self._finish(job.id, "failed", error=error, error_status=status)
+                self._finish(job.id, JobState.FAILED, error=error, error_status=status)
 
     def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
-        self._workers[worker_id] = {**info, "last_seen": time.time()}
+        with self._cond:
+            self._workers[worker_id] = {**info, "last_seen": time.time()}
 
     def workers(self, max_age_s: float = 15.0) -> list[dict[str, Any]]:
         now = time.time()
-        return [dict(v, id=k) for k, v in self._workers.items() if now - v["last_seen"] <= max_age_s]
+        with self._cond:
+            return [dict(v, id=k) for k, v in self._workers.items() if now - v["last_seen"] <= max_age_s]
 
-    def _finish(self, job_id: str, status: str, **fields: Any) -> None:
+    # Internals (call with the lock held) ----------------------------------------------------------------
+    def _is_running(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        return job is not None and job.record.status is JobState.RUNNING
+
+    def _touch(self, job_id: str) -> None:
+        expires_at = time.time() + self.ttl_s
+        self._jobs[job_id].expires_at = expires_at
+        self._expiry.append((expires_at, job_id))
+
+    def _finish(self, job_id: str, status: JobState, **fields: Any) -> None:
         job = self._jobs[job_id]
-        job.record.update(status=status, finished_at=time.time(), **fields)
+        job.record = dataclasses.replace(job.record, status=status, finished_at=time.time(), **fields)
         job.data = b""
+        self._running.discard(job_id)
+        self._touch(job_id)
         job.done.set()
 
     def _expire(self) -> None:
-        cutoff = time.time() - self.ttl_s
-        for job_id in [i for i, j in self._jobs.items() if j.record["status"] in TERMINAL
-                       and (j.record["finished_at"] or 0) < cutoff]:
+        now = time.time()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, job_id = self._expiry.popleft()
+            job = self._jobs.get(job_id)
+            if job is None or job.expires_at > now:  # gone already, or changed since (a later entry exists)
+                continue
             del self._jobs[job_id]
+            if job.record.status is JobState.QUEUED:
+                self._queue.remove(job_id)
+            self._running.discard(job_id)
+            job.done.set()  # a waiter finds it gone
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Redis
 
 
 class RedisQueue:
     """The shared queue of several API processes and workers on several machines."""
 
     STREAM, GROUP = "percept:jobs", "workers"
+    RECENT, WORKERS = "percept:recent", "percept:workers"
+    RECENT_MAX = 10_000  # job ids list_jobs can reach (the API asks for 1000 at most)
 
     def __init__(self, url: str, max_depth: int = 256, ttl_s: float = 3600.0, max_attempts: int = 3):
         import redis
 
         self.r = redis.Redis.from_url(url)
-        self.max_depth, self.ttl_s, self.max_attempts = max_depth, int(ttl_s), max_attempts
+        self.max_depth, self.ttl_s, self.max_attempts = max_depth, ttl_s, max_attempts
         self._group_ready = False
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.ttl_s * 1000))
 
     def _ensure_group(self) -> None:
         if self._group_ready:
@@ -210,30 +419,42 @@ class RedisQueue:
         return f"percept:job:{job_id}" + (f":{part}" if part else "")
 
     # API side -------------------------------------------------------------------------------------------
-    def submit(self, model: str, params: dict[str, Any], data: bytes) -> str:
+    def submit(self, model: str, params: JobParams, data: bytes) -> str:
         self._ensure_group()
         if self.depth() >= self.max_depth:
             raise QueueFull(f"the queue holds {self.max_depth} jobs")
         job_id = new_job_id()
-        rec = _record(job_id, model, params)
+        rec = _new_record(job_id, model, params)
         pipe = self.r.pipeline()
-        pipe.hset(self._key(job_id), mapping=_encode(rec))
-        pipe.expire(self._key(job_id), self.ttl_s)
-        pipe.set(self._key(job_id, "input"), data, ex=self.ttl_s)
+        pipe.hset(self._key(job_id), mapping=_encode(rec.to_json()))
+        pipe.pexpire(self._key(job_id), self._ttl_ms)
+        pipe.set(self._key(job_id, "input"), data, px=self._ttl_ms)
+        pipe.zadd(self.RECENT, {job_id: rec.created_at})
+        pipe.zremrangebyrank(self.RECENT, 0, -self.RECENT_MAX - 1)
         pipe.execute()
         stream_id = self.r.xadd(self.STREAM, {"id": job_id})
         self.r.hset(self._key(job_id), "stream_id", stream_id)
         return job_id
 
-    def status(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.r.hgetall(self._key(job_id))
-        if not raw:
+    def status(self, job_id: str) -> JobRecord | None:
+        loaded = self._load(job_id)
+        if loaded is None:
             return None
-        rec = _decode(raw)
-        rec["position"] = self._position(rec.get("stream_id")) if rec["status"] == "queued" else None
+        rec, stream_id = loaded
+        if rec.status is JobState.QUEUED:
+            rec = dataclasses.replace(rec, position=self._position(stream_id))
         return rec
 
-    def _position(self, stream_id: str | None) -> int | None:
+    def _load(self, job_id: str) -> tuple[JobRecord, str] | None:
+        """The stored record and its current stream entry; None when unknown, expired or incomplete."""
+        raw = self.r.hgetall(self._key(job_id))
+        if not raw or b"id" not in raw:  # an update that raced the key's expiry leaves a partial hash
+            return None
+        fields = {k.decode(): v for k, v in raw.items()}
+        stream_id = fields.pop("stream_id", b"").decode()
+        return JobRecord.from_json({k: json.loads(v) for k, v in fields.items()}), stream_id
+
+    def _position(self, stream_id: str) -> int | None:
         if not stream_id:
             return None
         groups = {g["name"].decode(): g for g in self.r.xinfo_groups(self.STREAM)}
@@ -243,27 +464,43 @@ class RedisQueue:
     def result(self, job_id: str) -> bytes | None:
         return self.r.get(self._key(job_id, "result"))
 
-    def wait(self, job_id: str, timeout: float) -> dict[str, Any] | None:
+    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
         rec = self.status(job_id)
-        if rec is None or rec["status"] in TERMINAL or timeout <= 0:
+        if rec is None or rec.terminal or timeout <= 0:
             return rec
         # BLPOP takes whole seconds on old servers; a fractional timeout works on Redis >= 6.
         if self.r.blpop([self._key(job_id, "done")], timeout=max(timeout, 0.01)):
             self.r.rpush(self._key(job_id, "done"), 1)  # leave the signal for any other waiter
-            self.r.expire(self._key(job_id, "done"), self.ttl_s)
+            self.r.pexpire(self._key(job_id, "done"), self._ttl_ms)
         return self.status(job_id)
 
     def cancel(self, job_id: str) -> bool:
-        rec = self.status(job_id)
-        if rec is None or rec["status"] != "queued":
+        loaded = self._load(job_id)
+        if loaded is None or loaded[0].status is not JobState.QUEUED:
             return False
-        self._finish(job_id, "cancelled", error="cancelled by an administrator")
-        self._ack(rec.get("stream_id") or "")  # out of the stream now, so the depth no longer counts it
+        self._finish(job_id, JobState.CANCELLED, error="cancelled by an administrator")
+        self._ack(loaded[1])  # out of the stream now, so the depth no longer counts it
         return True
 
-    def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
-        ids = [f[b"id"].decode() for _, f in self.r.xrevrange(self.STREAM, count=limit)]
-        return [s for s in (self.status(i) for i in ids) if s]
+    def list_jobs(self, limit: int = 100) -> list[JobRecord]:
+        out: list[JobRecord] = []
+        seen: set[str] = set()
+        start = 0
+        while len(out) < limit:
+            ids = [i.decode() for i in self.r.zrevrange(self.RECENT, start, start + limit - 1)]
+            if not ids:
+                break
+            start += len(ids)
+            for job_id in ids:
+                if job_id in seen:  # a job submitted meanwhile shifts the ranks: never list one twice
+                    continue
+                seen.add(job_id)
+                rec = self.status(job_id)
+                if rec is None:
+                    start -= int(self.r.zrem(self.RECENT, job_id))  # expired
+                elif len(out) < limit:
+                    out.append(rec)
+        return out
 
     def depth(self) -> int:
         return int(self.r.xlen(self.STREAM))
@@ -292,52 +529,66 @@ class RedisQueue:
         for stream_id, fields in entries:
             sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
             job_id = fields[b"id"].decode()
-            rec = self.status(job_id)
+            loaded = self._load(job_id)
             data = self.r.get(self._key(job_id, "input"))
-            if rec is None or data is None or rec["status"] in TERMINAL:
+            if loaded is None or data is None or loaded[0].terminal:
                 self._ack(sid)  # expired or cancelled while queued
                 continue
+            rec = loaded[0]
             attempts = int(self.r.hincrby(self._key(job_id), "attempts", 1))
-            if attempts > self.max_attempts:
-                self._finish(job_id, "failed", error=f"gave up after {attempts - 1} attempts: {rec.get('error')}",
+            if attempts > self.max_attempts:  # reclaimed from dead workers too often
+                self._finish(job_id, JobState.FAILED, error=f"gave up after {attempts - 1} attempts: {rec.error}",
                              error_status=503)
                 self._ack(sid)
                 continue
-            self.r.hset(self._key(job_id), mapping=_encode({"status": "running", "started_at": time.time(),
-                                                            "worker": consumer}))
-            out.append(Reserved(job_id, rec["model"], rec["params"], data, attempts, rec["created_at"], sid))
+            pipe = self.r.pipeline()
+            pipe.hset(self._key(job_id), mapping=_encode({"status": JobState.RUNNING.value,
+                                                          "started_at": time.time(), "worker": consumer}))
+            pipe.pexpire(self._key(job_id), self._ttl_ms)
+            pipe.pexpire(self._key(job_id, "input"), self._ttl_ms)
+            pipe.execute()
+            out.append(Reserved(job_id, rec.model, rec.params, data, attempts, rec.created_at, sid))
         return out
 
     def complete(self, job: Reserved, result: bytes, media_type: str, compute_ms: float, batch_size: int) -> None:
-        if (self.status(job.id) or {}).get("status") in TERMINAL:
-            self._ack(job.stream_id)  # a slower duplicate of an already finished job
+        loaded = self._load(job.id)
+        if loaded is None or loaded[0].terminal:
+            self._ack(job.stream_id)  # expired, or a slower duplicate of an already finished job
             return
-        self.r.set(self._key(job.id, "result"), result, ex=self.ttl_s)
-        self._finish(job.id, "done", media_type=media_type, compute_ms=compute_ms, batch_size=batch_size)
+        self.r.set(self._key(job.id, "result"), result, px=self._ttl_ms)
+        self._finish(job.id, JobState.DONE, media_type=media_type, compute_ms=compute_ms, batch_size=batch_size)
         self._ack(job.stream_id)
 
     def fail(self, job: Reserved, error: str, retry: bool, status: int = 503) -> None:
+        loaded = self._load(job.id)
+        if loaded is None or loaded[0].terminal:
+            self._ack(job.stream_id)
+            return
         if retry and job.attempt < self.max_attempts:
-            self.r.hset(self._key(job.id), mapping=_encode({"status": "queued", "error": error}))
-            # Queue it again now rather than after the visibility timeout.
+            # Queued again now (a new entry at the back of the stream) rather than after the visibility timeout.
+            pipe = self.r.pipeline()
+            pipe.hset(self._key(job.id), mapping=_encode({"status": JobState.QUEUED.value, "error": error}))
+            pipe.pexpire(self._key(job.id), self._ttl_ms)
+            pipe.pexpire(self._key(job.id, "input"), self._ttl_ms)
+            pipe.execute()
             self.r.hset(self._key(job.id), "stream_id", self.r.xadd(self.STREAM, {"id": job.id}))
             self._ack(job.stream_id)
             return
-        self._finish(job.id, "failed", error=error, error_status=status)
+        self._finish(job.id, JobState.FAILED, error=error, error_status=status)
         self._ack(job.stream_id)
 
     def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
-        self.r.hset("percept:workers", worker_id, json.dumps({**info, "last_seen": time.time()}))
+        self.r.hset(self.WORKERS, worker_id, json.dumps({**info, "last_seen": time.time()}))
 
     def workers(self, max_age_s: float = 15.0) -> list[dict[str, Any]]:
         now = time.time()
         out = []
-        for k, v in self.r.hgetall("percept:workers").items():
+        for k, v in self.r.hgetall(self.WORKERS).items():
             info = json.loads(v)
             if now - info["last_seen"] <= max_age_s:
                 out.append(dict(info, id=k.decode()))
             elif now - info["last_seen"] > 3600:
-                self.r.hdel("percept:workers", k)
+                self.r.hdel(self.WORKERS, k)
         return out
 
     def _ack(self, stream_id: str) -> None:
@@ -345,27 +596,22 @@ class RedisQueue:
             self.r.xack(self.STREAM, self.GROUP, stream_id)
             self.r.xdel(self.STREAM, stream_id)
 
-    def _finish(self, job_id: str, status: str, **fields: Any) -> None:
+    def _finish(self, job_id: str, status: JobState, **fields: Any) -> None:
         pipe = self.r.pipeline()
-        pipe.hset(self._key(job_id), mapping=_encode({"status": status, "finished_at": time.time(), **fields}))
+        pipe.hset(self._key(job_id), mapping=_encode({"status": status.value, "finished_at": time.time(), **fields}))
+        pipe.pexpire(self._key(job_id), self._ttl_ms)
         pipe.delete(self._key(job_id, "input"))
         pipe.rpush(self._key(job_id, "done"), 1)
-        pipe.expire(self._key(job_id, "done"), self.ttl_s)
+        pipe.pexpire(self._key(job_id, "done"), self._ttl_ms)
         pipe.execute()
 
 
-def _encode(rec: dict[str, Any]) -> dict[str, str]:
-    return {k: json.dumps(v) for k, v in rec.items()}
+def _encode(fields: dict[str, Any]) -> dict[str, str]:
+    return {k: json.dumps(v) for k, v in fields.items()}
 
 
-def _decode(raw: dict[bytes, bytes]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in raw.items():
-        key = k.decode()
-        out[key] = v.decode() if key == "stream_id" else json.loads(v)
-    return out
-
-
-def connect(redis_url: str | None, **kwargs: Any) -> MemoryQueue | RedisQueue:
-    """The Redis queue when a URL is given, else the in-memory one (embedded mode)."""
-    return RedisQueue(redis_url, **kwargs) if redis_url else MemoryQueue(**kwargs)
+def open_queue(settings: QueueSettings) -> MemoryQueue | RedisQueue:
+    """The queue the settings describe: Redis when REDIS_URL is set, else the in-memory one (embedded mode); the
+    same limits (queue_max, job_ttl_s, max_attempts) either way."""
+    limits = {"max_depth": settings.queue_max, "ttl_s": settings.job_ttl_s, "max_attempts": settings.max_attempts}
+    return RedisQueue(settings.redis_url, **limits) if settings.redis_url else MemoryQueue(**limits)
