@@ -17,6 +17,7 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports  # one-way package boundaries: [tool.importlinter] in pyproject.toml
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed

@@ -1,43 +1,16 @@
-"""Running a stored network on one image, shared by the evaluation code and the worker.
+"""Where and in what precision a network runs: the device policy and the forward pass every caller shares.
 
 Images are float RGB tensors, 1x3xHxW, values in [0, 255].
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from model_store.networks import TransformNet
-
-
-def _match_channel(source: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """Map `source`'s values so that their empirical CDF follows `template`'s (skimage's algorithm)."""
-    src_values, src_lookup, src_counts = np.unique(source.ravel(), return_inverse=True, return_counts=True)
-    tmpl_values, tmpl_counts = np.unique(template.ravel(), return_counts=True)
-    src_quantiles = np.cumsum(src_counts) / source.size
-    tmpl_quantiles = np.cumsum(tmpl_counts) / template.size
-    # Each source value goes to the template value at the same quantile, interpolating between template values.
-    matched = np.interp(src_quantiles, tmpl_quantiles, tmpl_values)
-    return matched[src_lookup].reshape(source.shape)
-
-
-def match_histograms(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per-channel histogram matching of `image` to `reference` (sizes may differ).
-
-    Same result as ``skimage.exposure.match_histograms(image, reference, channel_axis=...)``; returns a float32
-    tensor shaped and placed like `image`.
-    """
-    if image.dim() != 4 or reference.dim() != 4 or image.shape[:2] != reference.shape[:2] or image.shape[0] != 1:
-        raise ValueError(
-            f"expected 1xCxHxW tensors with the same channels, got {tuple(image.shape)} and {tuple(reference.shape)}"
-        )
-    src = image[0].detach().to("cpu", torch.float64).numpy()
-    ref = reference[0].detach().to("cpu", torch.float64).numpy()
-    out = np.stack([_match_channel(s, r) for s, r in zip(src, ref, strict=True)])
-    return torch.from_numpy(out).to(image.device, torch.float32).unsqueeze(0)
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,22 +22,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(net: TransformNet, image: torch.Tensor, histmatch: bool = False) -> torch.Tensor:
-    """Apply `net` to a 1x3xHxW image; the output is clamped to [0, 255], float32, on the image's device.
+def forward(net: torch.nn.Module, x: torch.Tensor, half: bool = False) -> torch.Tensor:
+    """`net(x)` on the net's device, float32 out, no autograd.
 
-    The net's train/eval mode is left as it is: `model_store.store.load` returns nets in eval mode, which is
-    what inference wants (a paper-preset net in train mode would normalize with the image's own statistics).
-
-    With `histmatch`, the output's colour histogram is matched to the input's, which undoes the colour shifts
-    perceptual-loss networks are prone to (at the cost of some contrast in the style case).
+    `half` (CUDA only): fp16 autocast and channels_last, recomputed in fp32 when the output holds NaN/Inf (an
+    instance norm over a large flat area can overflow fp16). The net's train/eval mode is left as it is:
+    `store.load` returns nets in eval mode, which is what inference wants.
     """
     param = next(net.parameters())
+    x = x.to(param.device)
     with torch.inference_mode():
-        out = net(image.to(param.device, param.dtype)).float().clamp(0, 255)
-    out = out.to(image.device)
-    if histmatch:
-        out = match_histograms(out, image).clamp(0, 255)
-    return out
+        if half and param.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                y = net(x.contiguous(memory_format=torch.channels_last)).float()
+            if torch.isfinite(y).all():
+                return y
+            log.warning("fp16 output has NaN/Inf: recomputing in fp32")
+        return net(x.to(param.dtype)).float()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -75,3 +49,16 @@ def cpu_has_native_bf16() -> bool:
     except OSError:  # not Linux: ask oneDNN
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def run(net: torch.nn.Module, image: torch.Tensor, histmatch: bool = False) -> torch.Tensor:  # TEMP: tiling
+    from imaging.tensors import match_histograms
+
+    out = forward(net, image).clamp(0, 255).to(image.device)
+    return match_histograms(out, image).clamp(0, 255) if histmatch else out
+
+
+def match_histograms(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:  # TEMP: tiling
+    from imaging.tensors import match_histograms as match
+
+    return match(image, reference)

@@ -27,12 +27,12 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch loads only where weights are read or written: the API lists models without it
+    import torch
 
-from model_store.networks import NetworkConfig, TransformNet, build_network
+    from model_store.networks import NetworkConfig, TransformNet
 
 BUILTIN_ROOT = Path(__file__).resolve().parent / "builtin"
 WEIGHTS_FILE = "model.safetensors"
@@ -81,6 +81,8 @@ class ModelVersion:
 
     @property
     def config(self) -> NetworkConfig:
+        from model_store.networks import NetworkConfig
+
         return NetworkConfig.from_dict(self.manifest["network"])
 
     @property
@@ -155,6 +157,10 @@ def load(
     name: str, version: int | None = None, device: str | torch.device = "cpu"
 ) -> tuple[TransformNet, ModelVersion]:
     """Load a model in eval mode on `device` after checking its weights' sha256."""
+    from safetensors.torch import load_file
+
+    from model_store.networks import build_network
+
     entry = get(name, version)
     actual = sha256_file(entry.weights_path)
     if actual != entry.manifest["sha256"]:
@@ -186,6 +192,9 @@ def publish(
     extra_files: dict[str, bytes] | None = None,
 ) -> ModelVersion:
     """Publish `net` as the next version of `name`. Atomic: the version appears whole or not at all."""
+    import torch
+    from safetensors.torch import save_file
+
     validate_name(name)
     root = Path(root) if root else publish_root()
     model_dir = root / name

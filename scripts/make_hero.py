@@ -3,9 +3,9 @@
 
 from PIL import Image, ImageDraw
 
+from imaging.tensors import load_image, to_pil
 from model_store import store
-from model_store.images import load_image, to_pil
-from model_store.inference import run
+from model_store.pipeline import run
 from trainer.data import crop_to_multiple, degrade, upsample_bicubic
 
 SHARED = "../shared/data"

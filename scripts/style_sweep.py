@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from model_store.images import to_pil
+from imaging.tensors import to_pil
 from trainer.data import load_style
 from trainer.losses import DEFAULT_RECIPE, recipe
 from trainer.preview import grid, stylize

@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from service import images
+from imaging import codec
 from service.deps import MULTIPART_SLACK
 from service.settings import ServiceSettings
 
@@ -74,27 +74,19 @@ async def validate_image(data: bytes, declared: str | None, settings: ServiceSet
     """Every upload check (decoded by Pillow, no tensors: the worker converts); the upright (width, height)."""
 
     def check() -> tuple[int, int]:
-        checked = images.check_upload(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+        checked = codec.check_upload(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
                                       declared_type=declared)
         with checked.image as im:
             return im.size
 
     try:
         return await anyio.to_thread.run_sync(check)
-    except images.ImageError as e:
+    except codec.ImageError as e:
         raise HTTPException(e.status, e.message) from None
 
 
-def processed_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
-    """The size the worker runs the network at (as `images.resize_max_side` computes it)."""
-    if not max_side or max(width, height) <= max_side:
-        return width, height
-    scale = max_side / max(width, height)
-    return max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale)))
-
-
 def check_output_size(size: tuple[int, int], max_side: int | None, factor: int, settings: ServiceSettings) -> None:
-    w, h = processed_size(*size, max_side)
+    w, h = codec.fit_size(*size, max_side)  # the size the worker runs the network at
     out = w * h * factor * factor
     if out > settings.max_output_pixels:
         hint = int(max(w, h) * math.sqrt(settings.max_output_pixels / out))

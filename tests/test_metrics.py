@@ -10,8 +10,10 @@ import torch
 from skimage.exposure import match_histograms as sk_match_histograms
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from model_store.inference import match_histograms, run
+from imaging.tensors import match_histograms
 from model_store.networks import NetworkConfig, build_network
+from model_store.options import Options
+from model_store.pipeline import run
 from trainer.metrics import mean_gradient_magnitude, psnr, psnr_y, rgb_to_y, ssim, ssim_y
 
 
@@ -122,5 +124,5 @@ def test_run_clamps_and_keeps_size():
     assert out.shape == (1, 3, 32, 40) and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 255
     # Matched to the input's histogram, the output stays within the input's value range.
-    matched = run(net, lr, histmatch=True)
+    matched = run(net, lr, Options(histmatch=True))
     assert matched.min() >= lr.min() - 1e-4 and matched.max() <= lr.max() + 1e-4

@@ -134,7 +134,7 @@ def test_training_config_resolves_and_records_the_recipe() -> None:
 def test_gatys_from_the_photo_moves_under_the_balanced_recipe(shared_data, vgg_weights) -> None:
     """Started from the photo, L-BFGS-B makes progress on the balanced objective (~1, with pixel gradients of
     ~1e-5): the optimizer works in pixels / 255 so that its first unit step is not lost (trainer/gatys.py)."""
-    from model_store.images import load_image
+    from imaging.tensors import load_image
     from trainer.vgg import load_loss_network
 
     content = load_image(shared_data / "content" / "chicago.jpg", max_side=96)

@@ -614,8 +614,8 @@ def test_redis_mode_api_and_worker(redis_db: str) -> None:
 
 def test_stylize_serves_the_newest_muse(client: TestClient) -> None:
     """A fresh clone serves muse v2 (the balanced recipe); v1 stays in the store for comparison."""
-    from model_store.images import to_tensor
-    from model_store.inference import run
+    from imaging.tensors import to_tensor
+    from model_store.pipeline import run
 
     info = next(m for m in client.get("/models").json() if m["name"] == "muse")
     assert info["version"] == max(info["versions"]) >= 2 and 1 in info["versions"]

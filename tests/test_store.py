@@ -138,7 +138,7 @@ def test_failed_publish_leaves_nothing(tmp_store: Path, monkeypatch: pytest.Monk
     def broken_save(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "save_file", broken_save)
+    monkeypatch.setattr("safetensors.torch.save_file", broken_save)  # store.publish imports it when it runs
     with pytest.raises(OSError, match="disk full"):
         store.publish("doomed", _net())
     assert store.versions("doomed") == []

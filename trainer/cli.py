@@ -214,7 +214,7 @@ def optimize(
     as_json: bool = typer.Option(False, "--json", help="Print the objective trace as JSON."),
 ) -> None:
     """The Gatys et al. baseline: L-BFGS-B on the image, kept in [0, 255], minimizing the training objective."""
-    from model_store.images import load_image, save_image
+    from imaging.tensors import load_image, save_image
     from model_store.inference import resolve_device
     from trainer.gatys import optimize as run_gatys
     from trainer.losses import StyleObjective
@@ -357,3 +357,28 @@ def style_preview(
     typer.echo(f"wrote {output}")
     for r in results:
         typer.echo(f"  {r.photo.name}: " + "  ".join(f"{k} {v:.3g}" for k, v in r.errors.items()))
+
+
+# `percept models publish`: registered on the model store's command group by percept/cli.py (publishing a
+# checkpoint means reading the training run, which is the trainer's business).
+def publish(
+    checkpoint: Path = typer.Argument(..., exists=True, help="A training checkpoint (.pt) or a run folder."),
+    name: str = typer.Option(..., "--name"),
+    fp32: bool = typer.Option(False, "--fp32", help="Store fp32 weights (default: fp16, half the size)."),
+    last: bool = typer.Option(False, "--last", help="Publish last.pt as given, not the run's best.pt."),
+) -> None:
+    """Publish a trained checkpoint as the next version of NAME: the run's best (lowest validation objective)
+    checkpoint when given its last.pt or its folder, unless --last."""
+    from model_store import store
+    from trainer.train import best_checkpoint, publish_checkpoint
+
+    if checkpoint.is_dir() and last:
+        checkpoint = checkpoint / "checkpoints" / "last.pt"
+    chosen = checkpoint if last else best_checkpoint(checkpoint)
+    if not chosen.is_file():
+        raise typer.BadParameter(f"no checkpoint at {chosen}")
+    try:
+        typer.echo(json.dumps({"checkpoint": str(chosen), **publish_checkpoint(chosen, name, half=not fp32)},
+                              indent=2))
+    except store.ModelStoreError as e:
+        raise typer.BadParameter(str(e)) from e

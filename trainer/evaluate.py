@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from imaging.tensors import load_image
 from model_store import store
-from model_store.images import load_image
-from model_store.inference import run
+from model_store.options import Options
+from model_store.pipeline import run
 from model_store.store import STYLE_FILE
 from trainer.data import crop_to_multiple, degrade, find_images, upsample_bicubic
 from trainer.metrics import mean_gradient_magnitude, psnr_y, ssim_y
@@ -76,7 +77,7 @@ def evaluate_sr(
     for path in find_images(data_dir):
         hr = crop_to_multiple(load_image(path), factor)
         lr = degrade(hr, factor, blur_sigma=BLUR_SIGMA[degradation])
-        sr = upsample_bicubic(lr, factor) if net is None else run(net, lr, histmatch=histmatch)
+        sr = upsample_bicubic(lr, factor) if net is None else run(net, lr, Options(histmatch=histmatch))
         rows.append(
             {
                 "image": path.name,

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from model_store.images import labelled_row, load_image, square, stack, to_pil
+from imaging.sheets import labelled_row, square, stack
+from imaging.tensors import load_image, to_pil
 from trainer.gatys import optimize
 from trainer.losses import StyleObjective, StyleRecipe
 from trainer.vgg import LossNetwork

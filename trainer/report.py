@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from imaging.sheets import labelled_row, square, stack
+from imaging.tensors import load_image, to_pil
 from model_store import store
-from model_store.images import labelled_row, load_image, square, stack, to_pil
-from model_store.inference import run
+from model_store.pipeline import run
 from trainer.data import crop_to_multiple, degrade, find_images, upsample_bicubic
 from trainer.evaluate import evaluate_sr, evaluate_style, style_errors
 from trainer.losses import STYLE_LAYERS

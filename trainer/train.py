@@ -33,8 +33,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from imaging.tensors import to_pil
 from model_store import store
-from model_store.images import to_pil
+from model_store.checkpoints import network as network_from_checkpoint
+from model_store.checkpoints import read as load_checkpoint
 from model_store.inference import cpu_has_native_bf16, resolve_device
 from model_store.networks import NetworkConfig, TransformNet, build_network
 from trainer import data
@@ -217,14 +219,6 @@ def _save_checkpoint(path: Path, net: TransformNet, opt: torch.optim.Optimizer, 
     os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint behind
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint without unpickling arbitrary objects."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("config", "network", "extra"):
-        ckpt[key] = json.loads(ckpt[key])
-    return ckpt
-
-
 def best_checkpoint(path: str | Path) -> Path:
     """The checkpoint to publish for `path`: a run's best.pt when `path` is its last.pt (or the run folder) and a
     best one exists, else `path` itself."""
@@ -233,13 +227,6 @@ def best_checkpoint(path: str | Path) -> Path:
         path = path / "checkpoints" / LAST_FILE
     best = path.with_name(BEST_FILE)
     return best if path.name == LAST_FILE and best.is_file() else path
-
-
-def network_from_checkpoint(path: str | Path) -> tuple[TransformNet, dict[str, Any]]:
-    ckpt = load_checkpoint(path)
-    net = build_network(ckpt["network"])
-    net.load_state_dict(ckpt["model"])
-    return net.eval(), ckpt
 
 
 def _preview_images(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -18,14 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from model_store import store
-from model_store.inference import match_histograms, resolve_device
+from imaging import codec, tensors
+from imaging.tensors import Decoded
+from model_store import inference, pipeline, store
 from model_store.networks import TransformNet
-from service import images
 from worker.batcher import collect
-from worker.queue import MemoryQueue, RedisQueue, Reserved
+from worker.queue import JobQueue, Reserved, open_queue
 from worker.settings import WorkerSettings
-from worker.tiling import run_net_tiled
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +75,24 @@ class Item:
     """A decoded job ready for the network."""
 
     job: Reserved
-    rgb: torch.Tensor
-    alpha: torch.Tensor | None
-    input_format: str
+    image: Decoded
+    tiled: bool  # its output passes the pixel budget: it runs alone, in tiles
 
     @property
-    def key(self) -> tuple[str, int, int]:
-        return self.job.model, self.rgb.shape[-2], self.rgb.shape[-1]
+    def key(self) -> tuple[str, int, int, bool]:
+        # Jobs share a forward pass only when they have the same model and size and none needs tiling.
+        return self.job.model, self.image.height, self.image.width, self.tiled
 
 
 class Worker:
-    def __init__(self, queue: MemoryQueue | RedisQueue, settings: WorkerSettings | None = None,
+    def __init__(self, queue: JobQueue, settings: WorkerSettings | None = None,
                  worker_id: str | None = None):
         self.queue = queue
         self.settings = settings or WorkerSettings()
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident() % 10000}"
-        self.device = resolve_device(self.settings.device)
+        self.device = inference.resolve_device(self.settings.device)
         self.models = ModelCache(self.device, self.settings.memory_budget_mb * 2**20, self.settings.half)
+        self._factors: dict[str, int] = {}  # model name -> upscaling factor, for the batch key
         self.counters = {"forward_passes": 0, "jobs_done": 0, "jobs_failed": 0, "batched_jobs": 0,
                          "compute_ms": 0.0}
         self.ready = False
@@ -106,7 +106,7 @@ class Worker:
             net, entry = self.models.get(name)
             for size in sizes:
                 side = max(8, size // net.config.factor)
-                self._forward(net, torch.full((1, 3, side, side), 128.0, device=self.device))
+                self._forward(net, torch.full((1, 3, side, side), 128.0))
             log.info("loaded %s v%d on %s", name, entry.version, self.device)
         self.ready = True
         self.heartbeat(force=True)
@@ -162,27 +162,25 @@ class Worker:
     # One batch --------------------------------------------------------------------------------------------
     def _prepare(self, job: Reserved) -> Item | None:
         try:
-            decoded = images.decode_upload(job.data, max_bytes=len(job.data) + 1,
-                                           max_pixels=job.params.get("max_pixels", 1 << 62))
-            if job.params.get("max_side"):
-                decoded = images.resize_max_side(decoded, int(job.params["max_side"]))
-            return Item(job, decoded.rgb, decoded.alpha, decoded.format)
-        except images.ImageError as e:
+            image = tensors.decode(job.data, max_pixels=job.params.max_pixels or 1 << 62)
+            image = pipeline.prepare(image, job.params)
+            factor = self._factor(job.model)
+            return Item(job, image, pipeline.needs_tiling(image, factor, self.settings.tile_pixels))
+        except codec.ImageError as e:
             self._fail(job, e.message, retry=False, status=e.status)
+        except store.ModelStoreError as e:
+            self._fail(job, str(e), retry=False, status=503)
         except Exception as e:  # noqa: BLE001 - reported on the job, never silently dropped
             self._fail(job, f"could not read the image: {e}", retry=False, status=400)
         return None
 
+    def _factor(self, model: str) -> int:
+        if model not in self._factors:
+            self._factors[model] = int(store.get(model).manifest["factor"])
+        return self._factors[model]
+
     def _forward(self, net: TransformNet, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device)
-        with torch.inference_mode():
-            if self.models.half:
-                with torch.autocast("cuda", dtype=torch.float16):
-                    y = net(x.contiguous(memory_format=torch.channels_last)).float()
-                if torch.isfinite(y).all():
-                    return y
-                log.warning("fp16 output has NaN/Inf: recomputing in fp32")
-            return net(x).float()
+        return inference.forward(net, x, half=self.models.half)
 
     def _run_batch(self, batch: list[Item]) -> None:
         model = batch[0].job.model
@@ -193,15 +191,10 @@ class Worker:
                 self._fail(item.job, str(e), retry=False, status=503)
             return
         factor = net.config.factor
-        h, w = batch[0].rgb.shape[-2:]
         start = time.perf_counter()
         try:
-            if len(batch) == 1 and h * w * factor * factor > self.settings.tile_pixels:
-                # Instance-norm nets use whole-image statistics across tiles, so tiles match the untiled output.
-                outputs = [run_net_tiled(net, batch[0].rgb, budget_pixels=self.settings.tile_pixels,
-                                         forward=lambda t: self._forward(net, t).cpu())]
-            else:
-                outputs = list(self._forward(net, torch.cat([i.rgb for i in batch])).cpu().split(1))
+            outputs = pipeline.infer(net, [i.image.rgb for i in batch], tile_pixels=self.settings.tile_pixels,
+                                     forward=self._forward)
         except Exception as e:  # e.g. CUDA out of memory: let another attempt (or worker) try
             log.exception("forward pass failed for %s", model)
             for item in batch:
@@ -213,26 +206,17 @@ class Worker:
         self.counters["compute_ms"] += compute_ms
         for item, out in zip(batch, outputs, strict=True):
             try:
-                data, media_type = self._postprocess(item, out.clamp(0, 255), factor)
+                options = item.job.params  # a JobParams is the pipeline's Options plus the API's limits
+                data, media_type = pipeline.encode(pipeline.finish(item.image, out, factor, options), item.image,
+                                                   options)
+            except codec.ImageError as e:
+                self._fail(item.job, e.message, retry=False, status=e.status)
+                continue
             except Exception as e:  # noqa: BLE001
                 self._fail(item.job, f"could not encode the result: {e}", retry=False, status=503)
                 continue
             self.queue.complete(item.job, data, media_type, round(compute_ms, 3), len(batch))
             self.counters["jobs_done"] += 1
-
-    def _postprocess(self, item: Item, out: torch.Tensor, factor: int) -> tuple[bytes, str]:
-        p = item.job.params
-        if factor == 1:
-            strength = float(p.get("strength", 1.0))
-            if p.get("preserve_color"):
-                out = images.preserve_color(out, item.rgb)
-            if strength < 1.0:
-                out = images.blend(out, item.rgb, strength)
-        elif p.get("histmatch"):
-            out = match_histograms(out, item.rgb)
-        rgba = images.attach_alpha(out, item.alpha, factor)
-        fmt = images.output_format(p.get("format"), item.input_format)
-        return images.encode(rgba, fmt, p.get("quality"))
 
     def _fail(self, job: Reserved, error: str, retry: bool, status: int) -> None:
         """`status`: the HTTP status the API answers with: 4xx the input's fault, 503 the service's."""
@@ -247,8 +231,7 @@ def serve_forever(settings: WorkerSettings | None = None) -> None:
     settings = settings or WorkerSettings()
     if not settings.redis_url:
         raise SystemExit("REDIS_URL is not set: a standalone worker needs Redis (embedded mode is `percept serve`)")
-    queue = RedisQueue(settings.redis_url, ttl_s=settings.job_ttl_s, max_attempts=settings.max_attempts)
-    worker = Worker(queue, settings)
+    worker = Worker(open_queue(settings), settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -1,4 +1,4 @@
-"""Tests for service.images: upload validation (statuses), mode handling, resizing, blending, colour, encoding.
+"""Tests for imaging (codec, tensors): upload validation (statuses), modes, resizing, blending, colour, encoding.
 
 All images are generated here with Pillow into memory.
 """
@@ -14,18 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from service.images import (
+from imaging.codec import ImageError, output_format
+from imaging.tensors import (
     Decoded,
-    ImageError,
     attach_alpha,
     blend,
-    decode_upload,
     encode,
-    output_format,
     preserve_color,
     resize_max_side,
     rgb_to_ycbcr,
 )
+from imaging.tensors import decode as decode_upload
 
 MAX_BYTES = 1_000_000
 MAX_PIXELS = 1_000_000

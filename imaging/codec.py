@@ -1,12 +1,10 @@
-"""Image handling for the HTTP service: decoding uploads safely, resizing, blending, colour preservation, encoding.
+"""Image files in and out: validating and decoding untrusted bytes, the output formats, encoding.
 
-Everything here is plain Pillow/numpy/torch with no web framework, so the API layer only maps `ImageError`
-to a response (``error.status`` is the HTTP status to return) and the functions can be tested on their own.
+Pillow and numpy only (no torch, no web framework): the API process validates uploads with it without loading
+torch, and maps `ImageError` to a response (``error.status`` is the HTTP status to return). `imaging.tensors`
+turns what this module decodes into the networks' tensors and back.
 
-Tensors follow `model_store.images`: float32, RGB, 1x3xHxW, values in [0, 255]; alpha planes are 1x1xHxW,
-also in [0, 255].
-
-Upload validation (`decode_upload`), in this order, each step before any pixel is decoded:
+Upload validation (`check_upload`), in this order, each step before any pixel is decoded:
 
 * empty body -> 400; more than ``max_bytes`` bytes -> 413;
 * the real format is sniffed from the bytes (the declared Content-Type is never trusted for that); only PNG,
@@ -27,11 +25,10 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow format names we decode -> the service's format names. MPO is how Pillow opens the multi-picture
@@ -99,17 +96,6 @@ class ImageError(Exception):
         return f"ImageError({self.status}, {self.message!r})"
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """A decoded upload: RGB 1x3xHxW float in [0, 255], its alpha plane (1x1xHxW) or None, the sniffed format."""
-
-    rgb: torch.Tensor
-    alpha: torch.Tensor | None
-    format: str  # 'png' | 'jpeg' | 'webp' | 'gif' | 'bmp' | 'tiff'
-    width: int
-    height: int
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Decoding
 
@@ -123,7 +109,7 @@ class Checked:
 
 
 def check_upload(data: bytes, *, max_bytes: int, max_pixels: int, declared_type: str | None = None) -> Checked:
-    """Every check of `decode_upload`, without the float conversion: what the API needs to accept a job."""
+    """Every check of the module docstring: an upright, fully decoded Pillow image, or an ImageError."""
     if not data:
         raise ImageError(400, "empty body: expected an image")
     if len(data) > max_bytes:
@@ -152,27 +138,6 @@ def check_upload(data: bytes, *, max_bytes: int, max_pixels: int, declared_type:
     if upright is not im:  # exif_transpose made a rotated copy
         im.close()
     return Checked(upright, fmt)
-
-
-def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, declared_type: str | None = None) -> Decoded:
-    """Validate and decode an uploaded image (see the module docstring for the checks and their statuses).
-
-    EXIF orientation is applied (width/height are those of the upright image). Grayscale, 16-bit, float,
-    palette, CMYK and premultiplied modes become RGB; an alpha channel (or palette/colour-key transparency)
-    is returned separately in `Decoded.alpha`, otherwise `alpha` is None.
-    """
-    checked = check_upload(data, max_bytes=max_bytes, max_pixels=max_pixels, declared_type=declared_type)
-    fmt = checked.format
-    with checked.image as upright:
-        rgb, alpha = _to_arrays(upright)
-    height, width = rgb.shape[:2]
-    return Decoded(
-        rgb=torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous(),
-        alpha=None if alpha is None else torch.from_numpy(alpha)[None, None].contiguous(),
-        format=fmt,
-        width=width,
-        height=height,
-    )
 
 
 def _open(data: bytes, declared_type: str | None) -> Image.Image:
@@ -206,7 +171,7 @@ def _declared_image(declared_type: str | None) -> bool:
     return declared_type.split(";", 1)[0].strip().lower() in _IMAGE_MEDIA_TYPES
 
 
-def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """Any decoded mode -> (HxWx3 float32 RGB, HxW float32 alpha or None), both in [0, 255]."""
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
@@ -251,109 +216,6 @@ def _high_depth_gray(im: Image.Image) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Geometry and colour
-
-
-def resize_max_side(decoded: Decoded, max_side: int | None) -> Decoded:
-    """Shrink (never enlarge) so that the longer side is <= max_side; alpha follows. None: unchanged.
-
-    Antialiased bicubic on the float tensors (Pillow's LANCZOS would need a round trip through 8 bits).
-    """
-    if max_side is None:
-        return decoded
-    if max_side < 1:
-        raise ValueError(f"max_side must be >= 1, got {max_side}")
-    h, w = decoded.height, decoded.width
-    if max(h, w) <= max_side:
-        return decoded
-    scale = max_side / max(h, w)
-    size = (max(1, min(max_side, round(h * scale))), max(1, min(max_side, round(w * scale))))
-    alpha = None if decoded.alpha is None else resize(decoded.alpha, size)
-    return replace(decoded, rgb=resize(decoded.rgb, size), alpha=alpha, width=size[1], height=size[0])
-
-
-def resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """1xCxHxW -> 1xCx(size) bicubic (antialiased when shrinking), clamped to [0, 255]; same size: unchanged."""
-    if tuple(tensor.shape[-2:]) == tuple(size):
-        return tensor
-    out = F.interpolate(tensor.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
-    # Bicubic overshoots at edges; values outside [0, 255] would wrap or saturate oddly when encoded.
-    return out.clamp(0, 255)
-
-
-def blend(stylized: torch.Tensor, original: torch.Tensor, strength: float) -> torch.Tensor:
-    """Linear blend: strength 1 -> the stylized image, 0 -> the original (both exactly), in between linear."""
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
-    _check_same_shape(stylized, original)
-    # torch.lerp is exact at both endpoints (start + w * (end - start) is not at w = 1).
-    return torch.lerp(original.float(), stylized.float(), float(strength))
-
-
-# BT.601 full-range (JFIF) RGB <-> YCbCr; chroma is offset by 128.
-_RGB_TO_YCBCR = torch.tensor(
-    [
-        [0.299, 0.587, 0.114],
-        [-0.168736, -0.331264, 0.5],
-        [0.5, -0.418688, -0.081312],
-    ]
-)
-_YCBCR_TO_RGB = torch.tensor(
-    [
-        [1.0, 0.0, 1.402],
-        [1.0, -0.344136, -0.714136],
-        [1.0, 1.772, 0.0],
-    ]
-)
-
-
-def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
-    """1x3xHxW RGB in [0, 255] -> 1x3xHxW (Y, Cb, Cr), BT.601 full range (Cb, Cr centred on 128)."""
-    out = torch.einsum("ij,njhw->nihw", _RGB_TO_YCBCR.to(rgb.device), rgb.float())
-    return out + torch.tensor([0.0, 128.0, 128.0], device=rgb.device).view(1, 3, 1, 1)
-
-
-def ycbcr_to_rgb(ycbcr: torch.Tensor) -> torch.Tensor:
-    """Inverse of `rgb_to_ycbcr` (not clamped)."""
-    centred = ycbcr.float() - torch.tensor([0.0, 128.0, 128.0], device=ycbcr.device).view(1, 3, 1, 1)
-    return torch.einsum("ij,njhw->nihw", _YCBCR_TO_RGB.to(ycbcr.device), centred)
-
-
-def preserve_color(stylized: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Keep the original's colours and take only the luminance from the stylized image.
-
-    The simple luminance-only variant of Gatys et al., "Preserving color in neural artistic style transfer"
-    (2016): Y from the stylized image, Cb/Cr from the original, back to RGB and clamped to [0, 255].
-    """
-    _check_same_shape(stylized, original)
-    ycbcr = torch.cat([rgb_to_ycbcr(stylized)[:, :1], rgb_to_ycbcr(original)[:, 1:]], dim=1)
-    return ycbcr_to_rgb(ycbcr).clamp(0, 255)
-
-
-def attach_alpha(rgb: torch.Tensor, alpha: torch.Tensor | None, factor: int = 1) -> torch.Tensor:
-    """Put the input's alpha back on a network output: 1x4xHxW RGBA, or `rgb` unchanged when alpha is None.
-
-    Styles (factor 1) keep the original alpha as is, at the same size; super-resolution (factor = the net's
-    upscaling factor) upscales it by that factor with bicubic interpolation, clamped to [0, 255]. The output
-    must be exactly `factor` times the alpha's size.
-    """
-    if alpha is None:
-        return rgb
-    if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor}")
-    h, w = alpha.shape[-2:]
-    size = (h * factor, w * factor)
-    if tuple(rgb.shape[-2:]) != size:
-        raise ValueError(f"output is {tuple(rgb.shape[-2:])}, expected {size} for an alpha of {(h, w)} x{factor}")
-    return torch.cat([rgb.float(), resize(alpha, size).to(rgb.device)], dim=1)
-
-
-def _check_same_shape(a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {tuple(a.shape)} and {tuple(b.shape)}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Encoding
 
 
@@ -374,12 +236,12 @@ def _normalise_format(name: str) -> str:
     return "jpeg" if name in ("jpg", "jpe") else name
 
 
-def encode(image: torch.Tensor, fmt: str, quality: int | None = None) -> tuple[bytes, str]:
-    """RGB (1x3xHxW) or RGBA (1x4xHxW) tensor in [0, 255] -> (encoded bytes, media type).
+def encode(pixels: np.ndarray, fmt: str, quality: int | None = None) -> tuple[bytes, str]:
+    """HxWx3 (RGB) or HxWx4 (RGBA) array in [0, 255], float or uint8 -> (encoded bytes, media type).
 
-    JPEG cannot hold alpha, so RGBA is composited over white for it; PNG and WEBP keep alpha. `quality`
-    (1..100) applies to JPEG and WEBP, default 90; PNG is lossless and ignores it. A bad `fmt` or
-    `quality` is an ImageError 400 (they come from the request).
+    JPEG cannot hold alpha, so RGBA is composited over white for it (in float, before rounding); PNG and WEBP
+    keep alpha. `quality` (1..100) applies to JPEG and WEBP, default 90; PNG is lossless and ignores it. A bad
+    `fmt` or `quality` is an ImageError 400 (they come from the request).
     """
     fmt = _normalise_format(fmt)
     if fmt not in OUTPUT_FORMATS:
@@ -388,15 +250,14 @@ def encode(image: torch.Tensor, fmt: str, quality: int | None = None) -> tuple[b
         quality = DEFAULT_QUALITY
     elif not 1 <= quality <= 100:
         raise ImageError(400, f"quality must be between 1 and 100, got {quality}")
-    if image.dim() == 4:
-        image = image[0]
-    if image.shape[0] not in (3, 4):
-        raise ValueError(f"expected 3 or 4 channels, got shape {tuple(image.shape)}")
-    array = image.detach().float().cpu().clamp(0, 255)
-    if array.shape[0] == 4 and fmt == "jpeg":
-        array = _over_white(array)
-    pixels = array.round().to(torch.uint8).permute(1, 2, 0).numpy()
-    pil = Image.fromarray(np.ascontiguousarray(pixels), "RGBA" if pixels.shape[2] == 4 else "RGB")
+    if pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
+        raise ValueError(f"expected HxWx3 or HxWx4 pixels, got shape {pixels.shape}")
+    array = pixels.astype(np.float32).clip(0, 255)
+    if array.shape[2] == 4 and fmt == "jpeg":
+        alpha = array[..., 3:] / 255.0
+        array = array[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    rounded = np.ascontiguousarray(array.round().astype(np.uint8))
+    pil = Image.fromarray(rounded, "RGBA" if rounded.shape[2] == 4 else "RGB")
     buffer = io.BytesIO()
     if fmt == "png":
         pil.save(buffer, "PNG")
@@ -408,7 +269,19 @@ def encode(image: torch.Tensor, fmt: str, quality: int | None = None) -> tuple[b
     return buffer.getvalue(), MEDIA_TYPES[fmt]
 
 
-def _over_white(rgba: torch.Tensor) -> torch.Tensor:
-    """3xHxW result of compositing a (non-premultiplied) 4xHxW RGBA image over a white background."""
-    a = rgba[3:4] / 255.0
-    return rgba[:3] * a + 255.0 * (1.0 - a)
+def format_for_path(path: str | Path) -> str:
+    """The output format a file name asks for (its suffix): an ImageError 400 for one we cannot write."""
+    suffix = Path(path).suffix.lstrip(".")
+    if not suffix:
+        raise ImageError(400, f"{path}: no file extension; name the output .png, .jpg or .webp")
+    return output_format(suffix, "png")
+
+
+def fit_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) shrunk (never enlarged) so the longer side is <= max_side; None: unchanged."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    scale = max_side / max(width, height)
+    return max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale)))

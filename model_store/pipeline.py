@@ -1,0 +1,100 @@
+"""The one inference pipeline: an image in, the finished image out, the same pixels from every caller.
+
+The worker (API jobs), the CLI (`percept stylize/upscale`), `percept eval`/`report` and the Python API
+(`percept.stylize`) all go through these three steps, so one model with one set of options gives one result:
+
+1. `prepare`: the decoded image (orientation applied, alpha split off by `imaging`) shrunk to `max_side`;
+2. `infer`: a batch of same-size inputs through the network, each input tiled when its output passes the pixel
+   budget (tiling keeps whole-image instance-norm statistics, so the result is seam-free);
+3. `finish`: strength, colour preservation, histogram matching, alpha put back; `imaging.tensors.encode` then
+   writes the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from imaging import codec, tensors
+from imaging.tensors import Decoded
+from model_store import inference, store
+from model_store.networks import TransformNet
+from model_store.options import TILE_PIXELS, Options
+
+Forward = Callable[[TransformNet, torch.Tensor], torch.Tensor]
+
+
+def load(model: str, device: str = "cpu") -> tuple[TransformNet, str]:
+    """A store model (``muse``, ``muse@1``) or a training checkpoint (a .pt path) on `device`, and its label.
+
+    Raises `store.ModelStoreError` for a model or checkpoint that cannot be read, RuntimeError for a device that
+    is not there.
+    """
+    from model_store import checkpoints
+
+    where = inference.resolve_device(device)
+    if model.endswith(".pt") or Path(model).is_file():
+        try:
+            net, ckpt = checkpoints.network(model)
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise store.ModelStoreError(f"cannot read the checkpoint {model}: {e}") from None
+        return net.to(where), f"{model} (iteration {ckpt.get('iteration')})"
+    name, _, version = model.partition("@")
+    net, entry = store.load(name, int(version) if version.isdigit() else None, device=where)
+    return net, f"{name} v{entry.version}"
+
+
+def wrap(rgb: torch.Tensor) -> Decoded:
+    """A 1x3xHxW tensor as a decoded image without alpha (the trainer's and evaluation's inputs)."""
+    return Decoded(rgb=rgb, alpha=None, format="png", width=rgb.shape[-1], height=rgb.shape[-2])
+
+
+def prepare(image: Decoded, options: Options) -> Decoded:
+    return tensors.resize_max_side(image, options.max_side)
+
+
+def needs_tiling(image: Decoded | torch.Tensor, factor: int, tile_pixels: int = TILE_PIXELS) -> bool:
+    h, w = (image.height, image.width) if isinstance(image, Decoded) else image.shape[-2:]
+    return h * w * factor * factor > tile_pixels
+
+
+def infer(net: TransformNet, inputs: list[torch.Tensor], *, tile_pixels: int = TILE_PIXELS,
+          forward: Forward = inference.forward) -> list[torch.Tensor]:
+    """Same-size 1x3xHxW inputs -> outputs clamped to [0, 255], float32 on the CPU.
+
+    Inputs whose output passes `tile_pixels` run one by one in tiles; the others share one forward pass.
+    """
+    from worker.tiling import run_net_tiled  # TEMP: moves next to this module
+
+    factor = net.config.factor
+    if needs_tiling(inputs[0], factor, tile_pixels):
+        return [run_net_tiled(net, x, budget_pixels=tile_pixels, forward=lambda t: forward(net, t).cpu())
+                .clamp(0, 255) for x in inputs]
+    return list(forward(net, torch.cat(inputs)).cpu().clamp(0, 255).split(1))
+
+
+def finish(image: Decoded, out: torch.Tensor, factor: int, options: Options) -> torch.Tensor:
+    """The network's output for `image` -> the finished RGB (1x3xHxW) or RGBA (1x4xHxW) result in [0, 255]."""
+    if factor == 1:
+        if options.preserve_color:
+            out = tensors.preserve_color(out, image.rgb)
+        if options.strength < 1.0:
+            out = tensors.blend(out, image.rgb, options.strength)
+    if options.histmatch:
+        out = tensors.match_histograms(out, image.rgb).clamp(0, 255)
+    return tensors.attach_alpha(out, image.alpha, factor)
+
+
+def run(net: TransformNet, image: Decoded | torch.Tensor, options: Options = Options(), *,
+        tile_pixels: int = TILE_PIXELS, forward: Forward = inference.forward) -> torch.Tensor:
+    """`prepare`, `infer` and `finish` for one image; a bare tensor is an image without alpha."""
+    image = prepare(wrap(image) if isinstance(image, torch.Tensor) else image, options)
+    (out,) = infer(net, [image.rgb], tile_pixels=tile_pixels, forward=forward)
+    return finish(image, out.to(image.rgb.device), net.config.factor, options)
+
+
+def encode(result: torch.Tensor, image: Decoded, options: Options) -> tuple[bytes, str]:
+    """The finished result as bytes in the requested format (default: the input's, else PNG)."""
+    return tensors.encode(result, codec.output_format(options.format, image.format), options.quality)
