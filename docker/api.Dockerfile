@@ -20,9 +20,10 @@ RUN groupadd --system --gid 10001 percept \
  && chown percept:percept /models
 
 # Dependencies before the source, so editing code does not reinstall them (this layer changes with pyproject.toml).
-# The API imports torch: service/images.py decodes uploads into tensors. It gets the CPU wheels, from PyTorch's
-# CPU index (a few hundred MB instead of the CUDA build's GBs); the pins are pyproject's (torch==, torchvision==),
-# and `+cpu` builds satisfy them, so the second install keeps them.
+# The API process imports no torch (docker/README.md), but this image is also the CPU worker and runs embedded
+# mode, which do. It gets the CPU wheels, from PyTorch's CPU index (a few hundred MB instead of the CUDA build's
+# GBs); the pins are pyproject's (torch==, torchvision==), and `+cpu` builds satisfy them, so the second install
+# keeps them.
 COPY pyproject.toml /tmp/build/pyproject.toml
 RUN python -c "import tomllib; project = tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']; \
         print('\n'.join(project['dependencies']))" > /tmp/build/requirements.txt \
