@@ -16,6 +16,27 @@ def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+# Bytes of a request's line and headers at most (h11's incomplete-event limit): larger ones get 431/400 at once
+# rather than being buffered whole (a 64 MB header used to be accepted).
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def _settings(cls: Any) -> Any:
+    """`cls()` from the environment; an invalid value exits (code 2) with one readable line per problem."""
+    from pydantic import ValidationError
+
+    try:
+        return cls()
+    except ValidationError as e:
+        for err in e.errors():
+            name = "PERCEPT_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else cls.__name__
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if not msg.startswith(name):
+                msg = f"{name}={err.get('input')!r}: {msg}"
+            typer.echo(f"percept: invalid configuration: {msg}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _override(settings: Any, **values: Any) -> Any:
     """Settings with the options that were given (not None) replacing the environment's values.
 
@@ -36,12 +57,17 @@ def serve(
 
     from service.app import create_app
     from service.settings import ServiceSettings
+    from worker.settings import WorkerSettings
 
     _logging(log_level)
-    settings = _override(ServiceSettings(), host=host, port=port, redis_url=redis_url or None)
+    settings = _override(_settings(ServiceSettings), host=host, port=port, redis_url=redis_url or None)
+    if settings.embedded:
+        _settings(WorkerSettings)  # the embedded worker's: a bad value is reported now, not as a start-up crash
     mode = f"Redis queue at {settings.redis_url}" if settings.redis_url else "embedded worker"
     typer.echo(f"percept API on http://{settings.host}:{settings.port} ({mode})", err=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower())
+    # h11 (not httptools) so that the header size limit applies.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower(),
+                http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES)
 
 
 def worker(
@@ -58,6 +84,6 @@ def worker(
     from worker.settings import WorkerSettings
 
     _logging(log_level)
-    settings = _override(WorkerSettings(), redis_url=redis_url or None, device=device, max_batch_size=max_batch_size,
-                         max_batch_delay_ms=max_batch_delay_ms)
+    settings = _override(_settings(WorkerSettings), redis_url=redis_url or None, device=device,
+                         max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms)
     serve_forever(settings)

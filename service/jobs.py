@@ -14,7 +14,7 @@ from service.deps import JOB_ID_LENGTH, ServiceState, unavailable
 from service.schemas import JobStatus
 from service.settings import ServiceSettings
 from service.uploads import check_output_size, read_image, validate_image
-from worker.queue import JobParams, JobRecord, JobState, QueueFull
+from worker.queue import IdempotencyConflict, JobParams, JobRecord, JobState, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def job_failure(rec: JobRecord, settings: ServiceSettings) -> HTTPException:
 
 def status_response(rec: JobRecord, code: int = 202) -> JSONResponse:
     body = JobStatus.from_record(rec).model_dump(mode="json")
-    headers = {"Location": f"/jobs/{rec.id}"}
+    headers = {"Location": f"/jobs/{rec.id}", "X-Job-Id": rec.id}
     if not rec.terminal:
         headers["Retry-After"] = "1"
     return JSONResponse(body, status_code=code, headers=headers)
@@ -79,8 +79,9 @@ async def wait_for_job(state: ServiceState, job_id: str, timeout: float, request
 
 
 async def run_job(request: Request, state: ServiceState, model: str, factor: int, params: JobParams,
-                  wait: float | None, run_async: bool) -> Response:
-    """Validate the upload, enqueue it, then answer with the image or with 202 and the job."""
+                  wait: float | None, run_async: bool, idempotency_key: str | None = None) -> Response:
+    """Validate the upload, enqueue it (or find the job its Idempotency-Key names), then answer with the image or
+    with 202 and the job. Every answer once the job exists carries X-Job-Id."""
     settings = state.settings
     if wait is not None and wait > settings.max_wait_s:
         raise HTTPException(422, f"wait must be between 0 and {settings.max_wait_s:g} seconds")
@@ -90,10 +91,12 @@ async def run_job(request: Request, state: ServiceState, model: str, factor: int
     check_output_size(size, max_side, factor, settings)
     params = dataclasses.replace(params, max_side=max_side, max_pixels=settings.max_pixels)
     try:
-        job_id = await anyio.to_thread.run_sync(state.queue.submit, model, params, data)
+        job_id = await anyio.to_thread.run_sync(state.queue.submit, model, params, data, idempotency_key)
     except QueueFull as e:
         state.metrics.rejected.labels("queue_full").inc()
         raise unavailable(f"the service is busy ({e}); try again shortly", settings) from None
+    except IdempotencyConflict as e:
+        raise HTTPException(409, str(e)) from None
     state.metrics.submitted.labels(model).inc()
     timeout = settings.default_wait_s if wait is None else wait
     if run_async or timeout <= 0:
@@ -101,8 +104,14 @@ async def run_job(request: Request, state: ServiceState, model: str, factor: int
         return status_response(rec or _gone(job_id))
     rec = await wait_for_job(state, job_id, timeout, request)
     if rec is None:
-        raise unavailable("the job expired before it finished", settings)
-    return await finished_or_pending(state, rec)
+        e = unavailable("the job expired before it finished", settings)
+        e.headers = {**(e.headers or {}), "X-Job-Id": job_id}
+        raise e
+    try:
+        return await finished_or_pending(state, rec)
+    except HTTPException as e:  # the job failed: its id still tells the client which one
+        e.headers = {**(e.headers or {}), "X-Job-Id": job_id}
+        raise
 
 
 def _gone(job_id: str) -> JobRecord:
@@ -114,7 +123,11 @@ async def finished_or_pending(state: ServiceState, rec: JobRecord) -> Response:
         state.metrics.observe_job(rec)
         data = await anyio.to_thread.run_sync(state.queue.result, rec.id)
         if data is None:
-            raise HTTPException(404, f"the result of job {rec.id} has expired")
+            evicted = getattr(state.queue, "evicted", None)
+            if evicted is not None and await anyio.to_thread.run_sync(evicted, rec.id):
+                raise HTTPException(410, f"the result of job {rec.id} was dropped to keep the stored results under "
+                                         "PERCEPT_RESULT_CACHE_MB (oldest first); submit the image again")
+            raise HTTPException(410, f"the result of job {rec.id} has expired; submit the image again")
         return result_response(rec, data)
     if rec.terminal:
         raise job_failure(rec, state.settings)

@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -46,7 +46,8 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "empty, truncated or corrupt image; bad multipart body"},
     401: {"model": Error, "description": "missing or wrong API key (when PERCEPT_PUBLIC_API_KEY is set)"},
     404: {"model": Error, "description": "unknown style, or no super-resolution model for the factor"},
-    410: {"model": Error, "description": "the job was cancelled by an administrator"},
+    409: {"model": Error, "description": "the Idempotency-Key was used for a different request"},
+    410: {"model": Error, "description": "the job was cancelled by an administrator, or its result was dropped"},
     413: {"model": Error, "description": "upload too large (bytes or pixels), or the output would be"},
     415: {"model": Error, "description": "not an image type the service reads"},
     422: {"model": Error, "description": "invalid query parameters, or an input the worker could not process"},
@@ -66,6 +67,13 @@ MAX_SIDE_Q = Query(None, ge=1, le=65_536, description="shrink the input so its l
 WAIT_Q = Query(None, ge=0, description="seconds to wait for the result (default 30, at most PERCEPT_MAX_WAIT_S) "
                                        "before answering 202")
 ASYNC_Q = Query(False, alias="async", description="answer 202 with the job at once")
+IDEMPOTENCY_KEY_MAX = 200
+IDEMPOTENCY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII, not blank at either end
+IDEMPOTENCY_H = Header(
+    None, alias="Idempotency-Key", min_length=1, max_length=IDEMPOTENCY_KEY_MAX, pattern=IDEMPOTENCY_PATTERN,
+    description="a client-chosen key (printable ASCII, at most 200 characters): a retry with the same key and the "
+                "same request gets the same job (and its stored result) instead of a new computation, within "
+                "PERCEPT_JOB_TTL_S; the same key with another request gets 409")
 
 public = APIRouter(dependencies=[Depends(require_public)])
 probes = APIRouter(tags=["probes"])
@@ -85,13 +93,14 @@ async def stylize(
     preserve_color: bool = Query(False, description="keep the input's colours, take the style's luminance"),
     wait: float | None = WAIT_Q,
     run_async: bool = ASYNC_Q,
+    idempotency_key: str | None = IDEMPOTENCY_H,
     state: ServiceState = Depends(get_state),
 ) -> Response:
     """Apply a style to an image (raw body with an image/* Content-Type, or multipart field `file`)."""
     check_style(style)
     params = JobParams(format=fmt, quality=quality, max_side=max_side, strength=strength,
                        preserve_color=preserve_color)
-    return await run_job(request, state, style, 1, params, wait, run_async)
+    return await run_job(request, state, style, 1, params, wait, run_async, idempotency_key)
 
 
 @public.post("/upscale", tags=["inference"], responses=IMAGE_RESPONSES, openapi_extra=UPLOAD_BODY,
@@ -108,12 +117,13 @@ async def upscale(
     histmatch: bool = Query(False, description="match the output's colour histogram to the input's"),
     wait: float | None = WAIT_Q,
     run_async: bool = ASYNC_Q,
+    idempotency_key: str | None = IDEMPOTENCY_H,
     state: ServiceState = Depends(get_state),
 ) -> Response:
     """Super-resolve an image by `factor` (raw body with an image/* Content-Type, or multipart field `file`)."""
     model = check_sr(factor, loss)
     params = JobParams(format=fmt, quality=quality, max_side=max_side, histmatch=histmatch)
-    return await run_job(request, state, model, factor, params, wait, run_async)
+    return await run_job(request, state, model, factor, params, wait, run_async, idempotency_key)
 
 
 def _job_or_404(queue: JobQueue, job_id: str) -> JobRecord:

@@ -35,6 +35,7 @@ visibility timeout (`reclaim`; the in-memory queue has nothing to reclaim: its w
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import threading
 import time
@@ -69,6 +70,10 @@ TERMINAL: frozenset[JobState] = frozenset({JobState.DONE, JobState.FAILED, JobSt
 
 class QueueFull(Exception):
     """The bounded queue has no room; the API answers 503 with Retry-After."""
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key already names a job with another model, parameters or upload; the API answers 409."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,15 +152,20 @@ class JobQueue(Protocol):
     max_attempts: int
 
     # API side
-    def submit(self, model: str, params: JobParams, data: bytes) -> str:
-        """Queue a job; raises QueueFull when `depth()` has reached `max_depth`."""
+    def submit(self, model: str, params: JobParams, data: bytes, idempotency_key: str | None = None) -> str:
+        """Queue a job; raises QueueFull when `depth()` has reached `max_depth`.
+
+        `idempotency_key`: a job submitted before with this key (within the job time to live, its result not
+        dropped) is returned instead of a new one; IdempotencyConflict when that job was another request."""
         ...
 
     def status(self, job_id: str) -> JobRecord | None:
         """The job (with its position while queued), or None when unknown or expired."""
         ...
 
-    def result(self, job_id: str) -> bytes | None: ...
+    def result(self, job_id: str) -> bytes | None:
+        """A done job's image; None when unknown, not done, expired or (embedded) evicted from the result cache."""
+        ...
 
     def wait(self, job_id: str, timeout: float) -> JobRecord | None:
         """The job once it has ended, or as it is after `timeout` seconds."""
@@ -201,6 +211,19 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def request_fingerprint(model: str, params: JobParams, data: bytes) -> str:
+    """What an idempotency key is bound to: the model, the parameters and the upload."""
+    h = hashlib.sha256()
+    h.update(json.dumps([model, params.to_json()], sort_keys=True).encode())
+    h.update(data)
+    return h.hexdigest()
+
+
+def _conflict(key: str) -> IdempotencyConflict:
+    return IdempotencyConflict(f"the Idempotency-Key {key!r} was used for a different request (another model, "
+                               "parameters or image); use a new key for a new request")
+
+
 def _new_record(job_id: str, model: str, params: JobParams) -> JobRecord:
     if not isinstance(params, JobParams):
         raise TypeError(f"params must be JobParams, not {type(params).__name__}")
@@ -218,13 +241,21 @@ class _MemJob:
     expires_at: float
     result: bytes | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    idempotency: tuple[str, str] | None = None  # (key, request fingerprint)
+    evicted: bool = False  # its result was dropped to keep the results under max_result_bytes
 
 
 class MemoryQueue:
     """In-process queue for embedded mode (one process: the API and its worker thread)."""
 
-    def __init__(self, max_depth: int = 256, ttl_s: float = 3600.0, max_attempts: int = 3):
+    def __init__(self, max_depth: int = 256, ttl_s: float = 3600.0, max_attempts: int = 3,
+                 max_result_bytes: int | None = None):
         self.max_depth, self.ttl_s, self.max_attempts = max_depth, ttl_s, max_attempts
+        # Results kept in memory at most (bytes, None: no cap); past it the oldest finished results are dropped.
+        self.max_result_bytes = max_result_bytes
+        self._result_bytes = 0
+        self._results: OrderedDict[str, int] = OrderedDict()  # job id -> result size, oldest finished first
+        self._keys: dict[str, str] = {}  # idempotency key -> job id
         self._jobs: OrderedDict[str, _MemJob] = OrderedDict()  # by submission time
         self._queue: deque[str] = deque()
         self._running: set[str] = set()
@@ -233,13 +264,23 @@ class MemoryQueue:
         self._workers: dict[str, dict[str, Any]] = {}
 
     # API side -------------------------------------------------------------------------------------------
-    def submit(self, model: str, params: JobParams, data: bytes) -> str:
+    def submit(self, model: str, params: JobParams, data: bytes, idempotency_key: str | None = None) -> str:
         with self._cond:
             self._expire()
+            idem = None
+            if idempotency_key is not None:
+                idem = (idempotency_key, request_fingerprint(model, params, data))
+                old = self._jobs.get(self._keys.get(idempotency_key, ""))
+                if old is not None and old.idempotency is not None and not old.evicted:
+                    if old.idempotency[1] != idem[1]:
+                        raise _conflict(idempotency_key)
+                    return old.record.id
             if self.depth() >= self.max_depth:
                 raise QueueFull(f"the queue holds {self.max_depth} jobs")
             job_id = new_job_id()
-            self._jobs[job_id] = _MemJob(_new_record(job_id, model, params), data, 0.0)
+            self._jobs[job_id] = _MemJob(_new_record(job_id, model, params), data, 0.0, idempotency=idem)
+            if idem is not None:
+                self._keys[idem[0]] = job_id
             self._touch(job_id)
             self._queue.append(job_id)
             self._cond.notify_all()
@@ -322,8 +363,11 @@ class MemoryQueue:
         with self._cond:
             if self._is_running(job.id):
                 self._jobs[job.id].result = result
+                self._results[job.id] = len(result)
+                self._result_bytes += len(result)
                 self._finish(job.id, JobState.DONE, media_type=media_type, compute_ms=compute_ms,
                              batch_size=batch_size)
+                self._evict_results()
 
     def fail(self, job: Reserved, error: str, retry: bool, status: int = 503) -> None:
         with self._cond:
@@ -366,6 +410,23 @@ class MemoryQueue:
         self._touch(job_id)
         job.done.set()
 
+    def _evict_results(self) -> None:
+        """Drop the oldest finished results until the rest fit in max_result_bytes (the newest is always kept)."""
+        if self.max_result_bytes is None:
+            return
+        while self._result_bytes > self.max_result_bytes and len(self._results) > 1:
+            job_id, size = self._results.popitem(last=False)
+            self._result_bytes -= size
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.result, job.evicted = None, True
+
+    def evicted(self, job_id: str) -> bool:
+        """Whether the job's result was dropped from the result cache (GET .../result answers 410)."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            return job is not None and job.evicted
+
     def _expire(self) -> None:
         now = time.time()
         while self._expiry and self._expiry[0][0] <= now:
@@ -374,6 +435,10 @@ class MemoryQueue:
             if job is None or job.expires_at > now:  # gone already, or changed since (a later entry exists)
                 continue
             del self._jobs[job_id]
+            if job_id in self._results:
+                self._result_bytes -= self._results.pop(job_id)
+            if job.idempotency is not None and self._keys.get(job.idempotency[0]) == job_id:
+                del self._keys[job.idempotency[0]]
             if job.record.status is JobState.QUEUED:
                 self._queue.remove(job_id)
             self._running.discard(job_id)
@@ -419,11 +484,31 @@ class RedisQueue:
         return f"percept:job:{job_id}" + (f":{part}" if part else "")
 
     # API side -------------------------------------------------------------------------------------------
-    def submit(self, model: str, params: JobParams, data: bytes) -> str:
+    def submit(self, model: str, params: JobParams, data: bytes, idempotency_key: str | None = None) -> str:
         self._ensure_group()
-        if self.depth() >= self.max_depth:
-            raise QueueFull(f"the queue holds {self.max_depth} jobs")
         job_id = new_job_id()
+        idem_key = None
+        if idempotency_key is not None:
+            fingerprint = request_fingerprint(model, params, data)
+            idem_key = "percept:idem:" + hashlib.sha256(idempotency_key.encode()).hexdigest()
+            value = json.dumps({"job": job_id, "fingerprint": fingerprint})
+            while not self.r.set(idem_key, value, px=self._ttl_ms, nx=True):
+                raw = self.r.get(idem_key)
+                if raw is None:  # expired in between: try to take it again
+                    continue
+                old = json.loads(raw)
+                if old["fingerprint"] != fingerprint:
+                    raise _conflict(idempotency_key)
+                if self.r.exists(self._key(old["job"])) and (
+                        self.r.exists(self._key(old["job"], "result"))
+                        or self.r.hget(self._key(old["job"]), "status") != json.dumps(JobState.DONE.value).encode()):
+                    self.r.pexpire(idem_key, self._ttl_ms)  # as long as the job it names
+                    return str(old["job"])
+                self.r.delete(idem_key)  # its job expired: this request makes a new one
+        if self.depth() >= self.max_depth:
+            if idem_key is not None:
+                self.r.delete(idem_key)
+            raise QueueFull(f"the queue holds {self.max_depth} jobs")
         rec = _new_record(job_id, model, params)
         pipe = self.r.pipeline()
         pipe.hset(self._key(job_id), mapping=_encode(rec.to_json()))
@@ -614,4 +699,6 @@ def open_queue(settings: QueueSettings) -> MemoryQueue | RedisQueue:
     """The queue the settings describe: Redis when REDIS_URL is set, else the in-memory one (embedded mode); the
     same limits (queue_max, job_ttl_s, max_attempts) either way."""
     limits = {"max_depth": settings.queue_max, "ttl_s": settings.job_ttl_s, "max_attempts": settings.max_attempts}
-    return RedisQueue(settings.redis_url, **limits) if settings.redis_url else MemoryQueue(**limits)
+    if settings.redis_url:
+        return RedisQueue(settings.redis_url, **limits)
+    return MemoryQueue(**limits, max_result_bytes=int(settings.result_cache_mb * 2**20))

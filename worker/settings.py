@@ -13,8 +13,10 @@ defaults. One style everywhere: pydantic-settings classes, each environment vari
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TILE_PIXELS_MIN = 1_000_000
 
 
 class PerceptSettings(BaseSettings):
@@ -37,6 +39,9 @@ class QueueSettings(RedisSettings):
     job_ttl_s: float = Field(3600.0, gt=0)
     # Deliveries of one job at most (a failed try that may succeed elsewhere is retried at the back of the queue).
     max_attempts: int = Field(3, ge=1)
+    # Embedded mode: results kept in memory at most (MiB, besides the time to live); past it the oldest finished
+    # results are dropped first and fetching one answers 410. Redis mode bounds results with Redis's maxmemory.
+    result_cache_mb: float = Field(512.0, gt=0)
 
     @property
     def embedded(self) -> bool:
@@ -49,8 +54,18 @@ class WorkerSettings(QueueSettings):
     max_batch_delay_ms: int = Field(10, ge=0, le=10_000)  # wait at most this long for a batch to fill
     visibility_timeout_s: float = Field(60.0, gt=0)  # a job pending this long on a silent worker is re-delivered
     memory_budget_mb: float = Field(2048.0, gt=0)  # resident model weights; least recently used are evicted
-    tile_pixels: int = Field(4_000_000, ge=1_000_000)  # output pixels above which a request runs in tiles
+    # Output pixels above which a request runs in tiles; at least TILE_PIXELS_MIN (1,000,000: one tile must hold
+    # the networks' receptive field with room to spare).
+    tile_pixels: int = 4_000_000
     half: bool = True  # fp16 inference on CUDA (fp32 fallback on NaN/Inf)
     reload_interval_s: float = Field(5.0, gt=0)  # how often to look for newly published versions
     warmup_sizes: str = "256"  # comma-separated square sizes run once per model at start
     heartbeat_s: float = Field(2.0, gt=0)
+
+    @field_validator("tile_pixels")
+    @classmethod
+    def _tile_pixels_min(cls, value: int) -> int:
+        if value < TILE_PIXELS_MIN:
+            raise ValueError(f"PERCEPT_TILE_PIXELS must be at least {TILE_PIXELS_MIN:,} (output pixels per tile), "
+                             f"got {value:,}")
+        return value
