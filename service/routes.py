@@ -13,6 +13,7 @@ Probes: ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. Admin (``Authorizat
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
 from collections.abc import AsyncGenerator
@@ -25,6 +26,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from imaging.codec import ImageError, check_upload
 from model_store import store
 from service.catalog import all_models, check_sr, check_style, model_error, model_info, serving_versions, thumbnail
 from service.deps import MULTIPART_SLACK, THUMBNAIL_SIDE, ServiceState, get_state, require_admin, require_public
@@ -242,29 +244,36 @@ def delete_version(name: str, version: int = Path(..., ge=1), state: ServiceStat
 
 
 @admin.post("/models/{name}/publish", response_model=Published, status_code=201,
-            responses={400: {"model": Error}, 409: {"model": Error}, 413: {"model": Error}},
+            responses={400: {"model": Error}, 409: {"model": Error}, 413: {"model": Error},
+                       415: {"model": Error}},
             openapi_extra={"requestBody": {"required": True, "content": {
                 "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                    "file": {"type": "string", "format": "binary"}}}},
+                    "file": {"type": "string", "format": "binary"},
+                    "style": {"type": "string", "format": "binary",
+                              "description": "style models: the style image, stored with the version (its "
+                                             "thumbnail); a checkpoint's own style_image path is never read"}}}},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def publish(request: Request, name: str, half: bool = Query(True, description="store fp16 weights"),
                   state: ServiceState = Depends(get_state)) -> Any:
-    """Publish a percept training checkpoint (.pt, multipart field `file`) as the next version of NAME."""
+    """Publish a percept training checkpoint (.pt, multipart field `file`, or a raw body) as the next version of
+    NAME; a style model's style image comes only in the upload (optional multipart field `style`)."""
     try:
         store.validate_name(name)
     except store.ModelStoreError as e:
         raise HTTPException(400, str(e)) from None
     with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
-        await receive_checkpoint(request, state.settings, tmp)
-        version = await anyio.to_thread.run_sync(publish_file, tmp.name, name, half)
+        style = await receive_checkpoint(request, state.settings, tmp)
+        version = await anyio.to_thread.run_sync(publish_file, tmp.name, name, half, style, state.settings)
     info = await anyio.to_thread.run_sync(lambda: model_info(name, serving_versions(state.queue, state.settings)))
     body = Published(**info.model_dump(), published_version=version)
     return JSONResponse(body.model_dump(mode="json"), status_code=201, headers={"Location": "/models"})
 
 
-async def receive_checkpoint(request: Request, settings: ServiceSettings, out: Any) -> None:
-    """Stream the uploaded checkpoint into `out` (multipart field `file`, or a raw body), within the size limit."""
-    limit, size = settings.max_checkpoint_bytes, 0
+async def receive_checkpoint(request: Request, settings: ServiceSettings, out: Any) -> bytes | None:
+    """Stream the uploaded checkpoint into `out` (multipart field `file`, or a raw body), within the size limit;
+    the multipart field `style` (a style image) if there is one."""
+    limit, size = settings.max_checkpoint_bytes + settings.max_upload_bytes, 0
+    style: bytes | None = None
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + MULTIPART_SLACK:
         raise HTTPException(413, f"upload is {int(length)} bytes; the limit is {limit} bytes")
@@ -280,7 +289,7 @@ async def receive_checkpoint(request: Request, settings: ServiceSettings, out: A
     try:
         if media_type(request) == "multipart/form-data":
             try:
-                form = await MultiPartParser(request.headers, limited(), max_files=1, max_fields=16).parse()
+                form = await MultiPartParser(request.headers, limited(), max_files=2, max_fields=16).parse()
             except MultiPartException as e:
                 raise HTTPException(400, f"malformed multipart body: {e.message}") from None
             upload = form.get("file")
@@ -289,6 +298,12 @@ async def receive_checkpoint(request: Request, settings: ServiceSettings, out: A
             while chunk := await upload.read(1 << 20):
                 out.write(chunk)
             await upload.close()
+            style_upload = form.get("style")
+            if isinstance(style_upload, UploadFile):
+                style = await style_upload.read(settings.max_upload_bytes + 1)
+                await style_upload.close()
+            elif style_upload is not None:
+                raise HTTPException(400, "the multipart field 'style' must be a file (an image)")
         else:
             async for chunk in limited():
                 out.write(chunk)
@@ -297,18 +312,68 @@ async def receive_checkpoint(request: Request, settings: ServiceSettings, out: A
     out.flush()
     if out.tell() == 0:
         raise HTTPException(400, "empty upload: expected a training checkpoint (.pt)")
-    if out.tell() > limit:
-        raise HTTPException(413, f"upload is {out.tell()} bytes; the limit is {limit} bytes")
+    if out.tell() > settings.max_checkpoint_bytes:
+        raise HTTPException(413, f"upload is {out.tell()} bytes; the limit is {settings.max_checkpoint_bytes} bytes")
+    return style
 
 
-def publish_file(path: str, name: str, half: bool) -> int:
-    from trainer.train import load_checkpoint, publish_checkpoint
+# Training facts a manifest records, copied from the checkpoint's config as they are (resolving an old run's
+# recipe is the trainer CLI's business): the API reads checkpoints without the trainer's code.
+_FACT_KEYS = ("task", "batch_size", "image_size", "tv_weight", "lr", "grad_clip", "seed", "amp")
+_STYLE_FACT_KEYS = ("style_size", "recipe", "content_weight", "style_weight", "content_layer", "layer_weights",
+                    "normalization", "init_from")
+_SR_FACT_KEYS = ("loss", "factor")
+
+
+def checkpoint_facts(ckpt: dict[str, Any], kind: str) -> dict[str, Any]:
+    """What the manifest records about how the checkpoint was trained. Paths are names only, never opened."""
+    cfg, extra = ckpt.get("config") or {}, ckpt.get("extra") or {}
+    if not isinstance(cfg, dict) or not isinstance(extra, dict):
+        raise TypeError("its config and extra fields are not JSON objects")
+    keys = _FACT_KEYS + (_STYLE_FACT_KEYS if kind == "style" else _SR_FACT_KEYS)
+    facts = {k: cfg[k] for k in keys if k in cfg}
+    facts.setdefault("task", kind)
+    facts["iterations"] = ckpt.get("iteration")
+    if extra.get("best"):
+        facts["best_validation"] = extra["best"]
+    if kind == "style" and isinstance(cfg.get("style_image"), str):
+        facts["style_image"] = cfg["style_image"].replace("\\", "/").rsplit("/", 1)[-1]
+    if isinstance(cfg.get("data"), str):
+        facts["data"] = cfg["data"]
+    facts["final_losses"] = extra.get("losses", {})
+    facts["wall_seconds"] = extra.get("wall_seconds")
+    facts["hardware"] = extra.get("hardware")
+    return facts
+
+
+def style_png(data: bytes, settings: ServiceSettings) -> bytes:
+    """The uploaded style image, validated like any upload (every decode error a 4xx), as the stored PNG."""
+    try:
+        checked = check_upload(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
+        buf = io.BytesIO()
+        checked.image.convert("RGB").save(buf, "PNG")
+    except ImageError as e:
+        raise HTTPException(e.status, f"style image: {e}") from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on a corrupt file
+        raise HTTPException(400, f"style image: cannot decode it ({e})") from None
+    return buf.getvalue()
+
+
+def publish_file(path: str, name: str, half: bool, style: bytes | None, settings: ServiceSettings) -> int:
+    """Publish the checkpoint at `path` (read with weights_only; no path it names is opened on the server)."""
+    from model_store import checkpoints
 
     try:
-        network = load_checkpoint(path)["network"]
-        kind, factor = network["kind"], int(network.get("factor", 1))
+        net, ckpt = checkpoints.network(path)
+        kind, factor = ckpt["network"]["kind"], int(ckpt["network"].get("factor", 1))
+        facts = checkpoint_facts(ckpt, kind)
     except Exception as e:  # noqa: BLE001 - anything torch.load(weights_only=True) or the JSON fields raise
         raise HTTPException(400, f"not a percept training checkpoint: {e}") from None
+    extra: dict[str, bytes] = {}
+    if style is not None:
+        if kind != "style":
+            raise HTTPException(400, f"a style image goes with a style model; the checkpoint is a {kind} model")
+        extra[store.STYLE_FILE] = style_png(style, settings)
     try:
         existing = store.get(name).manifest
     except store.ModelNotFound:
@@ -317,7 +382,7 @@ def publish_file(path: str, name: str, half: bool) -> int:
         raise HTTPException(409, f"{name!r} is a {existing['kind']} model with factor {existing['factor']}; the "
                                  f"checkpoint is a {kind} model with factor {factor}")
     try:
-        return int(publish_checkpoint(path, name, half=half)["version"])
+        return int(store.publish(name, net, facts, half=half, extra_files=extra).version)
     except store.ModelStoreError as e:
         raise HTTPException(400, str(e)) from None
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
