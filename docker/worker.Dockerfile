@@ -56,12 +56,12 @@ ENV MODEL_STORE=/models \
 
 # The worker has no HTTP port. Its health is its heartbeat: every PERCEPT_HEARTBEAT_S (2 s) between batches it
 # writes {last_seen, ...} to the Redis hash `percept:workers` under the id "<hostname>-<pid>-<n>", and the
-# hostname is the container's. Healthy = this container's newest heartbeat is under 120 s old, which catches a
-# hung worker or one cut off from Redis, not just a dead process (that one ends the container anyway). The first
-# heartbeat comes after the models are loaded and warmed up, hence the long start period; 120 s leaves room for
-# one long batch (a large tiled image on the CPU), during which no heartbeat is written.
+# hostname is the container's. Healthy = this container's newest heartbeat is under 30 s old, which catches a
+# hung worker or one cut off from Redis, not just a dead process (that one ends the container anyway). The
+# heartbeat comes every PERCEPT_HEARTBEAT_S from a keep-alive thread of its own (with `ready: false` while the
+# models load, `busy` during a job), so a long batch (a large tiled image on the CPU) never makes it stale.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
-  CMD ["python", "-c", "import json, os, socket, time, redis; r = redis.Redis.from_url(os.environ.get('REDIS_URL') or os.environ['PERCEPT_REDIS_URL'], socket_timeout=5); me = socket.gethostname() + '-'; seen = [json.loads(v)['last_seen'] for k, v in r.hgetall('percept:workers').items() if k.decode().startswith(me)]; raise SystemExit(0 if seen and time.time() - max(seen) < 120 else 1)"]
+  CMD ["python", "-c", "import json, os, socket, time, redis; r = redis.Redis.from_url(os.environ.get('REDIS_URL') or os.environ['PERCEPT_REDIS_URL'], socket_timeout=5); me = socket.gethostname() + '-'; seen = [json.loads(v)['last_seen'] for k, v in r.hgetall('percept:workers').items() if k.decode().startswith(me)]; raise SystemExit(0 if seen and time.time() - max(seen) < 30 else 1)"]
 
 # SIGTERM (docker stop) finishes the batch in hand, then exits.
 CMD ["percept", "worker"]

@@ -104,7 +104,10 @@ async def run_job(request: Request, state: ServiceState, model: str, factor: int
         return status_response(rec or _gone(job_id))
     rec = await wait_for_job(state, job_id, timeout, request)
     if rec is None:
-        e = unavailable("the job expired before it finished", settings)
+        # Its record vanished while the client waited: expired, or lost with the queue's data (Redis restarted
+        # without persistence). Not worth waiting for: it will never finish.
+        e = HTTPException(404, f"job {job_id} was lost: its record vanished from the job queue before it finished "
+                               "(expired, or Redis lost its data); submit it again")
         e.headers = {**(e.headers or {}), "X-Job-Id": job_id}
         raise e
     try:

@@ -131,7 +131,8 @@ async def upscale(
 def _job_or_404(queue: JobQueue, job_id: str) -> JobRecord:
     rec = queue.status(job_id) if job_id_ok(job_id) else None
     if rec is None:
-        raise HTTPException(404, f"no job {job_id!r} (unknown, or expired after its time to live)")
+        raise HTTPException(404, f"no job {job_id!r} (unknown, expired after its time to live, or lost with the "
+                                 "queue's data, e.g. a Redis restart without persistence: submit it again)")
     return rec
 
 
@@ -182,20 +183,25 @@ async def healthz(state: ServiceState = Depends(get_state)) -> Health:
 
 @probes.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 def readyz(state: ServiceState = Depends(get_state)) -> Any:
-    """Readiness: the queue answers and a live worker has its models loaded."""
+    """Readiness: a job can flow: the queue answers (within half a second), its consumer group exists and a live
+    worker has its models loaded (a worker busy with a long job is live: it heartbeats from a thread of its own)."""
     mode = "embedded" if state.settings.embedded else "redis"
     try:
         up = state.queue.ping()
+        has_group = getattr(state.queue, "has_group", None)
+        group = has_group() if up and has_group is not None else True
         workers = state.queue.workers(state.settings.worker_stale_s) if up else []
         depth = state.queue.depth() if up else None
     except Exception as e:  # noqa: BLE001
-        up, workers, depth, error = False, [], None, str(e)
+        up, group, workers, depth, error = False, False, [], None, str(e)
     else:
         error = None
     ready = [w for w in workers if w.get("ready") and w.get("models")]
     detail = None
     if not up:
         detail = "the job queue does not answer" + (f": {error}" if error else "")
+    elif not group:
+        detail = "the job queue has no consumer group (Redis lost its data?): the workers recreate it"
     elif state.worker_error:
         detail = f"the embedded worker stopped: {state.worker_error}"
     elif not workers:

@@ -191,7 +191,16 @@ class JobQueue(Protocol):
         ...
 
     def reclaim(self, consumer: str, min_idle_ms: int, count: int = 16) -> list[Reserved]:
-        """Jobs a dead worker left running for longer than `min_idle_ms`."""
+        """Jobs a dead worker left running for longer than `min_idle_ms` (it stopped renewing their lease)."""
+        ...
+
+    def renew(self, consumer: str, stream_ids: list[str]) -> int:
+        """Renew the lease of the jobs (by `Reserved.stream_id`) `consumer` is computing; a worker does it every
+        visibility_timeout/3 while it holds them, so a slow job is never reclaimed from a live worker."""
+        ...
+
+    def has_group(self) -> bool:
+        """Whether a job submitted now can reach a worker (Redis: the consumer group exists)."""
         ...
 
     def complete(self, job: Reserved, result: bytes, media_type: str, compute_ms: float, batch_size: int) -> None: ...
@@ -359,6 +368,12 @@ class MemoryQueue:
     def reclaim(self, consumer: str, min_idle_ms: int, count: int = 16) -> list[Reserved]:
         return []  # one process: a worker thread that dies takes the queue with it
 
+    def renew(self, consumer: str, stream_ids: list[str]) -> int:
+        return 0  # nothing is ever reclaimed: no lease to renew
+
+    def has_group(self) -> bool:
+        return True
+
     def complete(self, job: Reserved, result: bytes, media_type: str, compute_ms: float, batch_size: int) -> None:
         with self._cond:
             if self._is_running(job.id):
@@ -456,10 +471,24 @@ class RedisQueue:
     RECENT, WORKERS = "percept:recent", "percept:workers"
     RECENT_MAX = 10_000  # job ids list_jobs can reach (the API asks for 1000 at most)
 
-    def __init__(self, url: str, max_depth: int = 256, ttl_s: float = 3600.0, max_attempts: int = 3):
+    def __init__(self, url: str, max_depth: int = 256, ttl_s: float = 3600.0, max_attempts: int = 3,
+                 socket_timeout_s: float = 2.0, connect_timeout_s: float = 1.0, probe_timeout_s: float = 0.5):
         import redis
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.retry import Retry
 
-        self.r = redis.Redis.from_url(url)
+        # Short socket timeouts and no retry on a timeout (redis-py retries 10 times by default): a stalled Redis
+        # (SIGSTOP, a network partition) makes a request fail in about `socket_timeout_s` (503 with Retry-After)
+        # instead of hanging. One immediate retry on a broken connection: the pooled connections of a Redis that
+        # restarted are dead, the retry opens a new one. Blocking reads (XREADGROUP, BLPOP) block in chunks
+        # shorter than the socket timeout.
+        self.socket_timeout_s = socket_timeout_s
+        self.r = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s,
+                                      retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        # /readyz: answers within a second even when Redis is stalled.
+        self._probe = redis.Redis.from_url(url, socket_timeout=probe_timeout_s, socket_connect_timeout=probe_timeout_s,
+                                           retry=Retry(NoBackoff(), 0))
         self.max_depth, self.ttl_s, self.max_attempts = max_depth, ttl_s, max_attempts
         self._group_ready = False
 
@@ -467,8 +496,11 @@ class RedisQueue:
     def _ttl_ms(self) -> int:
         return max(1, int(self.ttl_s * 1000))
 
-    def _ensure_group(self) -> None:
-        if self._group_ready:
+    def _ensure_group(self, force: bool = False) -> None:
+        """Create the stream and its consumer group unless they exist (BUSYGROUP: they do). Cached, but a lost
+        group (Redis restarted without its data, a flush, a failover to an empty replica) is noticed where it
+        matters: NOGROUP on a worker's read (`_on_nogroup`) and a missing stream on submit (`_enqueue`)."""
+        if self._group_ready and not force:
             return
         import redis
 
@@ -478,6 +510,35 @@ class RedisQueue:
             if "BUSYGROUP" not in str(e):
                 raise
         self._group_ready = True
+
+    def _on_nogroup(self, e: Exception) -> None:
+        """A NOGROUP error (the group or the stream is gone: Redis lost its data): recreate both, or re-raise."""
+        if "NOGROUP" not in str(e):
+            raise e
+        import logging
+
+        logging.getLogger(__name__).warning("the consumer group %s of %s was gone (Redis lost its data?): "
+                                            "recreated it", self.GROUP, self.STREAM)
+        self._group_ready = False
+        self._ensure_group(force=True)
+
+    def _enqueue(self, job_id: str) -> str:
+        """Add the job's entry at the end of the stream. NOMKSTREAM: a stream that vanished (an empty Redis) is
+        not recreated bare, without the consumer group the workers read from; the group is made first."""
+        stream_id = self.r.xadd(self.STREAM, {"id": job_id}, nomkstream=True)
+        if stream_id is None:
+            self._ensure_group(force=True)
+            stream_id = self.r.xadd(self.STREAM, {"id": job_id})
+        return stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+
+    def has_group(self) -> bool:
+        """Whether the consumer group exists (/readyz: without it no job can flow)."""
+        import redis
+
+        try:
+            return any(g["name"].decode() == self.GROUP for g in self._probe.xinfo_groups(self.STREAM))
+        except redis.ResponseError:  # no such key: the stream is gone
+            return False
 
     @staticmethod
     def _key(job_id: str, part: str = "") -> str:
@@ -517,7 +578,7 @@ class RedisQueue:
         pipe.zadd(self.RECENT, {job_id: rec.created_at})
         pipe.zremrangebyrank(self.RECENT, 0, -self.RECENT_MAX - 1)
         pipe.execute()
-        stream_id = self.r.xadd(self.STREAM, {"id": job_id})
+        stream_id = self._enqueue(job_id)
         self.r.hset(self._key(job_id), "stream_id", stream_id)
         return job_id
 
@@ -540,9 +601,14 @@ class RedisQueue:
         return JobRecord.from_json({k: json.loads(v) for k, v in fields.items()}), stream_id
 
     def _position(self, stream_id: str) -> int | None:
+        import redis
+
         if not stream_id:
             return None
-        groups = {g["name"].decode(): g for g in self.r.xinfo_groups(self.STREAM)}
+        try:
+            groups = {g["name"].decode(): g for g in self.r.xinfo_groups(self.STREAM)}
+        except redis.ResponseError:  # the stream is gone (Redis lost its data)
+            return None
         last = groups[self.GROUP]["last-delivered-id"].decode() if self.GROUP in groups else "0-0"
         return len(self.r.xrange(self.STREAM, min=f"({last}", max=f"({stream_id}"))
 
@@ -550,14 +616,23 @@ class RedisQueue:
         return self.r.get(self._key(job_id, "result"))
 
     def wait(self, job_id: str, timeout: float) -> JobRecord | None:
-        rec = self.status(job_id)
-        if rec is None or rec.terminal or timeout <= 0:
-            return rec
-        # BLPOP takes whole seconds on old servers; a fractional timeout works on Redis >= 6.
-        if self.r.blpop([self._key(job_id, "done")], timeout=max(timeout, 0.01)):
-            self.r.rpush(self._key(job_id, "done"), 1)  # leave the signal for any other waiter
-            self.r.pexpire(self._key(job_id, "done"), self._ttl_ms)
-        return self.status(job_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            rec = self.status(job_id)  # None: expired, or lost with Redis's data: the waiter learns it at once
+            remaining = deadline - time.monotonic()
+            if rec is None or rec.terminal or remaining <= 0:
+                return rec
+            # In chunks shorter than the socket timeout (a longer BLPOP would read as a stalled Redis).
+            # BLPOP takes whole seconds on old servers; a fractional timeout works on Redis >= 6.
+            chunk = min(remaining, self._block_chunk_s)
+            if self.r.blpop([self._key(job_id, "done")], timeout=max(chunk, 0.01)):
+                self.r.rpush(self._key(job_id, "done"), 1)  # leave the signal for any other waiter
+                self.r.pexpire(self._key(job_id, "done"), self._ttl_ms)
+                return self.status(job_id)
+
+    @property
+    def _block_chunk_s(self) -> float:
+        return max(0.05, min(1.0, self.socket_timeout_s - 0.5))
 
     def cancel(self, job_id: str) -> bool:
         loaded = self._load(job_id)
@@ -592,22 +667,61 @@ class RedisQueue:
 
     def ping(self) -> bool:
         try:
-            return bool(self.r.ping())
+            return bool(self._probe.ping())  # short timeout: /readyz answers within a second
         except Exception:
             return False
 
     # Worker side ----------------------------------------------------------------------------------------
     def reserve(self, consumer: str, count: int, block_ms: int) -> list[Reserved]:
+        import redis
+
         self._ensure_group()
-        resp = self.r.xreadgroup(self.GROUP, consumer, {self.STREAM: ">"}, count=count, block=max(1, block_ms))
-        entries = resp[0][1] if resp else []
-        return self._take(consumer, entries)
+        deadline = time.monotonic() + block_ms / 1000
+        while True:  # blocks in chunks shorter than the socket timeout
+            chunk_ms = int(min(max(deadline - time.monotonic(), 0.001), self._block_chunk_s) * 1000)
+            try:
+                resp = self.r.xreadgroup(self.GROUP, consumer, {self.STREAM: ">"}, count=count,
+                                         block=max(1, chunk_ms))
+            except redis.ResponseError as e:
+                self._on_nogroup(e)  # recreated: the next call reads again
+                return []
+            if resp and resp[0][1]:
+                return self._take(consumer, resp[0][1])
+            if time.monotonic() >= deadline:
+                return []
 
     def reclaim(self, consumer: str, min_idle_ms: int, count: int = 16) -> list[Reserved]:
-        """Claim jobs a dead worker left pending for longer than the visibility timeout."""
+        """Claim jobs a dead worker left pending for longer than the visibility timeout. A live worker renews the
+        lease of the jobs it holds (`renew`), so only the jobs of a worker that stopped renewing are taken."""
+        import redis
+
         self._ensure_group()
-        _, entries, _ = self.r.xautoclaim(self.STREAM, self.GROUP, consumer, min_idle_ms, "0-0", count=count)
+        try:
+            _, entries, _ = self.r.xautoclaim(self.STREAM, self.GROUP, consumer, min_idle_ms, "0-0", count=count)
+        except redis.ResponseError as e:
+            self._on_nogroup(e)
+            return []
         return self._take(consumer, entries)
+
+    def renew(self, consumer: str, stream_ids: list[str]) -> int:
+        """Renew the lease of jobs `consumer` holds: reset the idle time of those of its entries still pending for
+        it (XCLAIM ... JUSTID with min-idle 0), so `reclaim` does not take a job from a worker that is computing
+        it. Entries another worker has claimed meanwhile are left alone. Returns the entries renewed."""
+        import redis
+
+        if not stream_ids:
+            return 0
+        try:
+            pending = self.r.xpending_range(self.STREAM, self.GROUP, min="-", max="+", count=max(100, len(stream_ids)),
+                                            consumername=consumer)
+        except redis.ResponseError as e:
+            self._on_nogroup(e)
+            return 0
+        mine = {p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"] for p in pending}
+        ids = [i for i in stream_ids if i in mine]
+        if ids:
+            self.r.xclaim(self.STREAM, self.GROUP, consumer, 0, ids, justid=True)
+        return len(ids)
 
     def _take(self, consumer: str, entries: list[Any]) -> list[Reserved]:
         out = []
@@ -656,7 +770,7 @@ class RedisQueue:
             pipe.pexpire(self._key(job.id), self._ttl_ms)
             pipe.pexpire(self._key(job.id, "input"), self._ttl_ms)
             pipe.execute()
-            self.r.hset(self._key(job.id), "stream_id", self.r.xadd(self.STREAM, {"id": job.id}))
+            self.r.hset(self._key(job.id), "stream_id", self._enqueue(job.id))
             self._ack(job.stream_id)
             return
         self._finish(job.id, JobState.FAILED, error=error, error_status=status)
@@ -677,8 +791,14 @@ class RedisQueue:
         return out
 
     def _ack(self, stream_id: str) -> None:
+        import redis
+
         if stream_id:
-            self.r.xack(self.STREAM, self.GROUP, stream_id)
+            try:
+                self.r.xack(self.STREAM, self.GROUP, stream_id)
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e):  # the group is gone with its pending entries: nothing to acknowledge
+                    raise
             self.r.xdel(self.STREAM, stream_id)
 
     def _finish(self, job_id: str, status: JobState, **fields: Any) -> None:
@@ -700,5 +820,6 @@ def open_queue(settings: QueueSettings) -> MemoryQueue | RedisQueue:
     same limits (queue_max, job_ttl_s, max_attempts) either way."""
     limits = {"max_depth": settings.queue_max, "ttl_s": settings.job_ttl_s, "max_attempts": settings.max_attempts}
     if settings.redis_url:
-        return RedisQueue(settings.redis_url, **limits)
+        return RedisQueue(settings.redis_url, **limits, socket_timeout_s=settings.redis_socket_timeout_s,
+                          connect_timeout_s=settings.redis_connect_timeout_s)
     return MemoryQueue(**limits, max_result_bytes=int(settings.result_cache_mb * 2**20))

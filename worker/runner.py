@@ -4,6 +4,12 @@ One `Worker` serves every model in the store. Models are loaded and warmed up at
 (CUDA when present); a newly published default version is picked up within `reload_interval_s` without a
 restart; past `memory_budget_mb` the least recently used model is evicted. On CUDA, inference runs in fp16 with
 an fp32 retry when the output holds NaN/Inf.
+
+Liveness is separate from the work: a keep-alive thread (`start_keepalive`) sends the heartbeat every
+`heartbeat_s` and renews the lease of every job the worker holds every `visibility_timeout_s / 3`, however long a
+forward pass takes (torch releases the GIL while it computes). So a slow job is never taken from a live worker,
+/readyz and `percept_workers_live` count a busy worker (the heartbeat reports `busy` and its `jobs` apart), and a
+worker that died is noticed (its jobs reclaimed) within about the visibility timeout.
 """
 
 from __future__ import annotations
@@ -97,6 +103,9 @@ class Worker:
                          "compute_ms": 0.0}
         self.ready = False
         self._last_reload = self._last_reclaim = self._last_heartbeat = 0.0
+        self._held: dict[str, Reserved] = {}  # jobs taken and not yet finished, by job id (their leases renewed)
+        self._held_lock = threading.Lock()
+        self._keepalive: threading.Thread | None = None
 
     # Start-up -------------------------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -113,14 +122,72 @@ class Worker:
 
     # The loop ---------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        self.start_keepalive(stop)
         if not self.ready:
             self.warm_up()
+        last_error = None
         while not stop.is_set():
             try:
                 self.step(first_wait_ms=500)
-            except Exception:  # a broken batch must not take the worker down; its jobs were failed already
-                log.exception("worker step failed")
-                time.sleep(0.5)
+            except Exception as e:  # a broken batch must not take the worker down; its jobs were failed already
+                error = f"{type(e).__name__}: {e}"
+                if _is_queue_error(e):  # Redis down or restarting: one line per outage, not a traceback a cycle
+                    if error != last_error:
+                        log.warning("the job queue is unavailable (retrying every 0.5 s): %s", error)
+                else:
+                    log.exception("worker step failed")
+                last_error = error
+                stop.wait(0.5)
+            else:
+                if last_error is not None:
+                    log.info("the job queue answers again")
+                    last_error = None
+
+    # Liveness -------------------------------------------------------------------------------------------------
+    def start_keepalive(self, stop: threading.Event) -> threading.Thread:
+        """Start (once) the thread that sends the heartbeat and renews the leases of the held jobs until `stop`."""
+        if self._keepalive is None or not self._keepalive.is_alive():
+            self._keepalive = threading.Thread(target=self._keepalive_loop, args=(stop,), daemon=True,
+                                               name=f"percept-keepalive-{self.id}")
+            self._keepalive.start()
+        return self._keepalive
+
+    def _keepalive_loop(self, stop: threading.Event) -> None:
+        renew_every = max(0.05, self.settings.visibility_timeout_s / 3)
+        next_beat = next_renew = time.monotonic()
+        last_error = None
+        while not stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= next_renew:
+                    next_renew = now + renew_every
+                    self.renew_leases()
+                if now >= next_beat:
+                    next_beat = now + self.settings.heartbeat_s
+                    self.heartbeat(force=True)
+                last_error = None
+            except Exception as e:  # noqa: BLE001 - Redis down: try again at the next tick
+                if str(e) != last_error:
+                    log.warning("heartbeat or lease renewal failed: %s", e)
+                last_error = str(e)
+            stop.wait(max(0.01, min(next_beat, next_renew) - time.monotonic()))
+
+    def renew_leases(self) -> int:
+        """Reset the visibility timeout of every job this worker holds (see `JobQueue.renew`)."""
+        with self._held_lock:
+            ids = [j.stream_id for j in self._held.values() if j.stream_id]
+        return self.queue.renew(self.id, ids) if ids else 0
+
+    def _hold(self, jobs: list[Reserved]) -> list[Reserved]:
+        with self._held_lock:
+            self._held.update((j.id, j) for j in jobs)
+        return jobs
+
+    def _release(self, jobs: list[Reserved]) -> None:
+        with self._held_lock:
+            for j in jobs:
+                if self._held.get(j.id) is j:
+                    del self._held[j.id]
 
     def step(self, first_wait_ms: int = 1000) -> int:
         """One cycle: housekeeping, one round of batches. Returns the number of jobs processed."""
@@ -134,19 +201,25 @@ class Worker:
             self._last_reclaim = now
             stale = self.queue.reclaim(self.id, int(self.settings.visibility_timeout_s * 1000))
         self.heartbeat()
+        taken: list[Reserved] = self._hold(list(stale))
         pending = list(stale)
 
         def reserve(count: int, block_ms: int) -> list[Reserved]:
             if pending:
-                taken = pending[:count]
+                jobs = pending[:count]
                 del pending[:count]
-                return taken
-            return self.queue.reserve(self.id, count, block_ms)
+                return jobs
+            jobs = self._hold(self.queue.reserve(self.id, count, block_ms))
+            taken.extend(jobs)
+            return jobs
 
-        batches = collect(reserve, self._prepare, lambda item: item.key, self.settings.max_batch_size,
-                          self.settings.max_batch_delay_ms / 1000, first_wait_ms)
-        for batch in batches:
-            self._run_batch(batch)
+        try:
+            batches = collect(reserve, self._prepare, lambda item: item.key, self.settings.max_batch_size,
+                              self.settings.max_batch_delay_ms / 1000, first_wait_ms)
+            for batch in batches:
+                self._run_batch(batch)
+        finally:
+            self._release(taken)
         if batches:
             self.heartbeat(force=True)  # fresh counters for /metrics and /readyz as soon as work is done
         return sum(len(b) for b in batches)
@@ -155,9 +228,12 @@ class Worker:
         now = time.monotonic()
         if force or now - self._last_heartbeat > self.settings.heartbeat_s:
             self._last_heartbeat = now
-            loaded = {name: entry.version for name, (_, entry) in self.models.models.items()}
-            self.queue.heartbeat(self.id, {"ready": self.ready, "device": str(self.device), "models": loaded,
-                                           **self.counters})
+            loaded = {name: entry.version for name, (_, entry) in list(self.models.models.items())}
+            with self._held_lock:
+                jobs = sorted(self._held)
+            # `ready`: alive with its models loaded (it takes work); `busy`/`jobs`: what it computes now.
+            self.queue.heartbeat(self.id, {"ready": self.ready, "busy": bool(jobs), "jobs": jobs,
+                                           "device": str(self.device), "models": loaded, **dict(self.counters)})
 
     # One batch --------------------------------------------------------------------------------------------
     def _prepare(self, job: Reserved) -> Item | None:
@@ -224,6 +300,12 @@ class Worker:
         self.queue.fail(job, error, retry, status)
 
 
+def _is_queue_error(e: Exception) -> bool:
+    """A Redis connection/timeout error (the queue is down or restarting), without importing redis here."""
+    return any(c.__module__.startswith("redis.") and c.__name__ in ("ConnectionError", "TimeoutError")
+               for c in type(e).__mro__)
+
+
 def serve_forever(settings: WorkerSettings | None = None) -> None:
     """`percept worker`: a worker process on the Redis queue until SIGTERM/SIGINT."""
     import signal
@@ -235,6 +317,7 @@ def serve_forever(settings: WorkerSettings | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    worker.start_keepalive(stop)  # heartbeats (ready: false) while the models load
     worker.warm_up()
     log.info("worker %s ready on %s", worker.id, worker.device)
     worker.run(stop)

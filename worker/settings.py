@@ -39,6 +39,10 @@ class QueueSettings(RedisSettings):
     job_ttl_s: float = Field(3600.0, gt=0)
     # Deliveries of one job at most (a failed try that may succeed elsewhere is retried at the back of the queue).
     max_attempts: int = Field(3, ge=1)
+    # Redis client timeouts (seconds): a stalled Redis fails a request within about this long (503 with
+    # Retry-After) instead of hanging it; blocking reads wait in shorter chunks. /readyz probes with 0.5 s.
+    redis_socket_timeout_s: float = Field(2.0, ge=0.5, le=60)
+    redis_connect_timeout_s: float = Field(1.0, gt=0, le=60)
     # Embedded mode: results kept in memory at most (MiB, besides the time to live); past it the oldest finished
     # results are dropped first and fetching one answers 410. Redis mode bounds results with Redis's maxmemory.
     result_cache_mb: float = Field(512.0, gt=0)
@@ -52,7 +56,10 @@ class WorkerSettings(QueueSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_batch_size: int = Field(8, ge=1, le=256)
     max_batch_delay_ms: int = Field(10, ge=0, le=10_000)  # wait at most this long for a batch to fill
-    visibility_timeout_s: float = Field(60.0, gt=0)  # a job pending this long on a silent worker is re-delivered
+    # A job whose worker stopped renewing its lease for this long is re-delivered: it only bounds how long a dead
+    # worker goes unnoticed (a live one renews the lease of the jobs it computes every third of it, and sends its
+    # heartbeat from a thread of its own, however long a forward pass takes).
+    visibility_timeout_s: float = Field(10.0, gt=0)
     memory_budget_mb: float = Field(2048.0, gt=0)  # resident model weights; least recently used are evicted
     # Output pixels above which a request runs in tiles; at least TILE_PIXELS_MIN (1,000,000: one tile must hold
     # the networks' receptive field with room to spare).
