@@ -36,22 +36,54 @@ No margin removes this, and it is not small for a strong style: muse on chicago.
 statistics vs untiled, measured mean abs difference 24 grey levels with 256-px tiles and 12 with 384-px tiles
 (max > 150, PSNR 18-23 dB); the cosine ramp only turns hard seams into soft transitions. `run_tiled` with an
 opaque `fn` has exactly this limitation: use tiles as large as the budget allows for style models.
-`run_net_tiled`, given the network itself, fixes it (`global_norm=True`, the default): it first computes each
-instance-norm layer's whole-image statistics tile by tile (`global_norm_stats`, one partial pass over the tiles
-per layer, about 7x the cost of the plain tiled pass) and then runs the tiles with those statistics frozen, which
-reproduces the untiled output (measured max abs difference < 1e-3 grey levels). The SR networks have no
-normalization layers (modern preset) and paper-preset networks in eval mode use stored batch-norm statistics, so
-neither needs this.
+`run_net_tiled`, given the network itself, fixes it (`global_norm=True`, the default) by running the network
+layer by layer instead of tile by tile (`run_layer_by_layer`): each convolution's whole output map is computed
+in tiles, each tile reading its input plus the kernel's halo (1-4 px) from the previous layer's whole map
+(reflection padding and nearest upsampling resolved at the map's borders), and kept in host memory; each
+instance-norm layer then takes its mean and variance over that whole map once and normalizes it in place. That
+is the untiled computation in another order, so the result is the untiled output up to float rounding, and the
+work is one untiled pass plus the halos and the tile copies at borders and upsamplings.
+
+Cost and memory, measured with ``python -m bench.tiling --sizes 1024,2048 --repeats 3`` (muse v2, width 0.5, on
+chicago.jpg resized; 2 shared CPU cores, medians of 3 interleaved runs; peak = the run's process peak RSS, base =
+its peak before the run: torch, the model, the image and a warm-up):
+
+     size     budget  untiled s  tiled s  ratio  untiled peak MB  tiled peak MB  base MB  max abs diff  mean abs diff
+    -----  ---------  ---------  -------  -----  ---------------  -------------  -------  ------------  -------------
+    1024²  1,000,000       1.49     1.32  0.88x             1281           1052      760       0.00049        1.7e-05
+    2048²  1,000,000       7.43     5.47  0.74x             2825           1712      798       0.00076        2.4e-05
+    2048²  4,000,000       8.52     9.30  1.09x             2823           1785      797       0.00076        2.4e-05
+
+(the last row from ``--sizes 2048 --budget 4000000``, the worker's default budget). On this CPU the layer-by-layer
+pass costs about one untiled pass (less with 1M-pixel tiles: presumably smaller tensors run faster per pixel here
+than whole-image ones), where the method it replaced (one partial pass over all tiles per instance-norm layer, to
+gather each layer's statistics) took 95 s for 3.6 s untiled at 1024² and 415 s for 6.6 s at 2048². Memory: every
+tensor computed at once (a convolution's input tile, its output tile) covers at most the budget's share of its
+layer, as in an untiled pass of `budget_pixels`; what is not bounded by the budget is the whole maps between layers,
+float32 in host memory, at most a layer's input, its output and a residual block's identity at a time: for muse at
+2048² the largest is 16 channels x 2048² (256 MiB), and the process peaks at ~0.9 GB over its base against ~2 GB for
+the untiled pass. On a GPU the device holds only tiles and the maps stay on the host, so each layer's map crosses
+the bus once each way (not measured: no GPU here). The whole-map passes (statistics, normalization) work in 16-MB
+blocks (`_CHUNK`): with 1-MB blocks they took 4-20x longer on the loaded 2-core machine (thousands of small
+parallel ops, each waiting for both cores).
+
+The SR networks have no normalization layers (modern preset) and paper-preset networks in eval mode use stored
+batch-norm statistics, so neither needs this: they go through `run_tiled` and `forward`. A paper-preset network
+built with instance norm cannot run layer by layer (unpadded convs, transposed convs): `run_net_tiled` raises
+ValueError for it unless `global_norm=False`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from model_store.networks import ResidualBlock, ScaledTanh, TransformNet, _reflect_pad
 
 DEFAULT_TILE = 512
 # >= 2 x the SR networks' receptive-field radius (14 px) + a 32-px ramp; see the module docstring.
@@ -250,11 +282,7 @@ def net_geometry(net: nn.Module, ramp: int = DEFAULT_RAMP) -> tuple[int, int, in
     return 2 * margin + ramp, margin, int(getattr(net, "multiple", 1))
 
 
-# Instance norm with whole-image statistics ------------------------------------------------------------------
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the layer of interest has been reached."""
+# Instance norm with whole-image statistics: the network layer by layer ---------------------------------------
 
 
 def _instance_norms(net: nn.Module) -> list[nn.InstanceNorm2d]:
@@ -262,100 +290,257 @@ def _instance_norms(net: nn.Module) -> list[nn.InstanceNorm2d]:
     return [m for m in net.modules() if isinstance(m, nn.InstanceNorm2d) and (m.training or not m.track_running_stats)]
 
 
-def _normalize(module: nn.InstanceNorm2d, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    y = (x.to(dtype) - mean.to(x.device, dtype)) * torch.rsqrt(var.to(x.device, dtype) + module.eps)
-    if module.affine:
-        y = y * module.weight.to(dtype)[None, :, None, None] + module.bias.to(dtype)[None, :, None, None]
-    return y
+_CHUNK = 1 << 22  # elements per block of the in-place passes over a whole map (16 MB; see `_mean_var`)
 
 
-@contextmanager
-def _fixed_norms(norms: list[nn.InstanceNorm2d], stats: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
-    """Make `norms[i]` normalize with `stats[i]` (mean, var) instead of its input's own statistics."""
-    handles = []
-    try:
-        for module, (mean, var) in zip(norms, stats, strict=False):
-            handles.append(
-                module.register_forward_hook(lambda mod, args, _out, m=mean, v=var: _normalize(mod, args[0], m, v))
-            )
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+def _chunks(x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """A contiguous NxCxHxW map as (N*C) x k column blocks of its planes, ~_CHUNK elements each (views)."""
+    planes = x.view(x.shape[0] * x.shape[1], -1)
+    step = max(1, _CHUNK // planes.shape[0])
+    for i in range(0, planes.shape[1], step):
+        yield planes[:, i : i + step]
 
 
-def _owned(spans: list[tuple[int, int]], align: int) -> list[tuple[int, int]]:
-    """Split [0, length) among the spans: each owns from the (aligned) middle of its bands with its neighbours."""
-    cuts = [0] + [(s + e_prev) // 2 // align * align for (_, e_prev), (s, _) in zip(spans, spans[1:], strict=False)]
-    return list(zip(cuts, cuts[1:] + [spans[-1][1]], strict=True))
+def _mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and channel mean and (biased) variance of a contiguous map, float64, shape N*C x 1.
 
-
-def global_norm_stats(
-    net: nn.Module,
-    forward: TileFn,
-    image: torch.Tensor,
-    rows: list[tuple[int, int]],
-    cols: list[tuple[int, int]],
-    align: int,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Whole-image mean and variance of every instance-norm layer's input, computed tile by tile.
-
-    Layer k's statistics need layers 1..k-1 to normalize with whole-image statistics already, so there is one
-    pass over the tiles per layer (each stopped at that layer): about 7 forward passes' worth for a style
-    network. Each tile contributes the features of the part of the image it owns (the middle of the shared bands
-    splits them), which lies at least `margin` away from its cut edges; the last tile owns the bottom/right
-    padding the network adds, as the untiled pass does. Exact when the margin covers the receptive field.
+    Two passes: the mean from float32 sums (pairwise, accurate), then the squared deviations from it, in
+    `_CHUNK` blocks. torch's var_mean gives the same numbers but is ~5x slower on a large map (Welford's update
+    is compute-bound).
     """
-    norms = _instance_norms(net)
-    if getattr(net, "input_pad", 0):
-        raise ValueError("whole-image instance-norm statistics need a network without input padding (modern preset)")
-    multiple, min_side = int(getattr(net, "multiple", 1)), int(getattr(net, "min_side", 1))
+    count = x.shape[2] * x.shape[3]
+    mean = x.view(x.shape[0] * x.shape[1], -1).sum(1, keepdim=True) / count
+    shift = torch.zeros_like(mean, dtype=torch.float64)
+    squares = torch.zeros_like(shift)
+    for chunk in _chunks(x):
+        d = chunk - mean
+        shift += d.sum(1, keepdim=True)
+        squares += d.square_().sum(1, keepdim=True)
+    shift /= count  # the float32 mean's rounding error
+    return mean.double() + shift, (squares / count - shift * shift).clamp_min(0.0)
 
-    def feature_range(span: tuple[int, int], own: tuple[int, int], length: int, size: int) -> tuple[int, int]:
-        padded = max(span[1] - span[0], min_side)
-        padded += -padded % multiple
-        ratio = size / padded  # feature pixels per input pixel at this layer
-        lo, hi = (own[0] - span[0]) * ratio, size if own[1] == length else (own[1] - span[0]) * ratio
-        if abs(lo - round(lo)) > 1e-6 or abs(hi - round(hi)) > 1e-6:
-            raise ValueError(f"tile origins must be multiples of the network's stride ({multiple}): use align")
-        return round(lo), round(hi)
 
+def _reflect_index(pos: torch.Tensor, length: int) -> torch.Tensor:
+    """Where positions `pos` of a reflection-padded axis of `length` pixels read from (as nn.ReflectionPad2d)."""
+    if length == 1:
+        return torch.zeros_like(pos)
+    period = 2 * (length - 1)
+    m = pos.remainder(period)
+    return torch.where(m < length, m, period - m)
+
+
+def _spans(length: int, side: int) -> list[tuple[int, int]]:
+    """[0, length) in ceil(length / side) nearly equal parts."""
+    parts = -(-length // side)
+    cuts = [i * length // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(cuts))
+
+
+def _read(x: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], up: int) -> torch.Tensor:
+    """Rows x cols of `x` upsampled `up` times (nearest), coordinates past its border reflected (ReflectionPad2d).
+
+    A view or a tile-sized copy, never a copy of the whole map.
+    """
+    h, w = x.shape[2] * up, x.shape[3] * up
+    (top, bottom), (left, right) = rows, cols
+    y0, y1, x0, x1 = max(top, 0), min(bottom, h), max(left, 0), min(right, w)
+    pads = (x0 - left, right - x1, y0 - top, bottom - y1)
+    if y1 - y0 <= max(pads[2:]) or x1 - x0 <= max(pads[:2]):  # tiny map or tile: reflection by index
+        iy = _reflect_index(torch.arange(top, bottom), h) // up
+        ix = _reflect_index(torch.arange(left, right), w) // up
+        return x.index_select(2, iy).index_select(3, ix)
+    ly0, lx0 = y0 // up, x0 // up
+    tile = x[:, :, ly0 : -(-y1 // up), lx0 : -(-x1 // up)]
+    if up > 1:
+        tile = F.interpolate(tile, scale_factor=up, mode="nearest")
+        tile = tile[:, :, y0 - ly0 * up : y1 - ly0 * up, x0 - lx0 * up : x1 - lx0 * up]
+    return F.pad(tile, pads, mode="reflect") if any(pads) else tile
+
+
+PointwiseOp = Callable[[torch.Tensor], torch.Tensor]  # in place on an (N*C) x k block of a map; returns it
+
+
+class _Map:
+    """A whole feature map (NxCxHxW, float32, contiguous, host memory) plus pointwise ops not applied to it yet.
+
+    `materialize` applies the pending ops (normalization, ReLU, ...) in one in-place pass, block by block.
+    """
+
+    def __init__(self, data: torch.Tensor):
+        self.data = data
+        self.ops: list[PointwiseOp] = []
+
+    def materialize(self, add: torch.Tensor | None = None) -> torch.Tensor:
+        if self.ops or add is not None:
+            blocks = _chunks(self.data)
+            for chunk, extra in zip(blocks, _chunks(add) if add is not None else itertools.repeat(None), strict=False):
+                for op in self.ops:
+                    chunk = op(chunk)
+                if extra is not None:
+                    chunk.add_(extra)
+            self.ops = []
+        return self.data
+
+
+class _LayerByLayer:
+    """Runs a modern-preset `TransformNet` one convolution at a time, over tiles of whole-image feature maps.
+
+    Each convolution's output map is computed tile by tile (output tiles covering at most `budget_pixels` of
+    the network's output: the same share of every layer's map), each tile reading its input plus the halo the
+    kernel needs from the previous map (reflection padding and nearest upsampling resolved at the map's
+    borders), so every tile gets exactly the values of the untiled pass. Instance norm takes its statistics
+    over the whole map, as in the untiled pass, and normalizes it in place.
+    """
+
+    def __init__(self, budget_pixels: int, output_pixels: int, device: torch.device, dtype: torch.dtype | None):
+        self.budget, self.output_pixels = budget_pixels, output_pixels
+        self.device, self.dtype = device, dtype
+        self.pad: tuple[int, int, int, int] | None = None  # pending ReflectionPad2d (left, right, top, bottom)
+        self.up = 1  # pending nearest upsampling factor
+
+    def unsupported(self, module: nn.Module) -> ValueError:
+        return ValueError(
+            f"whole-image instance norm runs modern-preset TransformNets layer by layer and cannot run "
+            f"{type(module).__name__} here; pass global_norm=False for per-tile statistics"
+        )
+
+    def __call__(self, module: nn.Module, x: _Map) -> _Map:
+        if isinstance(module, nn.Sequential):
+            for child in module:
+                x = self(child, x)
+            return x
+        if isinstance(module, nn.Conv2d):
+            return self.conv(module, x)
+        if isinstance(module, nn.Upsample):
+            sf = set(module.scale_factor) if isinstance(module.scale_factor, tuple) else {module.scale_factor}
+            factor = sf.pop() if len(sf) == 1 else None
+            if self.pad is not None or module.mode != "nearest" or not factor or factor != int(factor):
+                raise self.unsupported(module)
+            self.up *= int(factor)
+            return x
+        if isinstance(module, nn.ReflectionPad2d):
+            if self.pad is not None:
+                raise self.unsupported(module)
+            self.pad = tuple(module.padding)
+            return x
+        if self.pad is not None or self.up != 1:  # a pad or an upsampling not followed by a convolution
+            raise self.unsupported(module)
+        if isinstance(module, nn.Identity):
+            return x
+        if isinstance(module, nn.ReLU):
+            x.ops.append(torch.relu_)
+            return x
+        if isinstance(module, ScaledTanh):
+            x.ops.append(lambda t: t.tanh_().add_(1.0).mul_(127.5))
+            return x
+        if isinstance(module, nn.InstanceNorm2d | nn.BatchNorm2d):
+            return self.norm(module, x)
+        if isinstance(module, ResidualBlock) and module.pad:
+            identity = x.materialize()
+            y = self(module.body, _Map(identity))
+            return _Map(y.materialize(add=identity))
+        raise self.unsupported(module)
+
+    def norm(self, module: nn.InstanceNorm2d | nn.BatchNorm2d, x: _Map) -> _Map:
+        n, c = x.data.shape[:2]
+        if module.training or not module.track_running_stats:
+            if isinstance(module, nn.BatchNorm2d):
+                raise self.unsupported(module)  # batch statistics (training mode): not an inference network
+            mean, var = _mean_var(x.materialize())  # whole-map statistics, per image and channel
+        else:
+            assert module.running_mean is not None and module.running_var is not None
+            mean = module.running_mean.detach().double().cpu().repeat(n)[:, None]
+            var = module.running_var.detach().double().cpu().repeat(n)[:, None]
+        scale = torch.rsqrt(var + module.eps)
+        shift = -mean * scale
+        if module.affine:
+            weight = module.weight.detach().double().cpu().repeat(n)[:, None]
+            scale, shift = scale * weight, shift * weight + module.bias.detach().double().cpu().repeat(n)[:, None]
+        a, b = scale.float(), shift.float()
+        x.ops.append(lambda t: t.mul_(a).add_(b))
+        return x
+
+    def conv(self, conv: nn.Conv2d, x: _Map) -> _Map:
+        if conv.padding not in ((0, 0), "valid"):
+            raise self.unsupported(conv)
+        left, right, top, bottom = self.pad or (0, 0, 0, 0)
+        up, self.pad, self.up = self.up, None, 1
+        data = x.materialize()
+        n, _, h, w = data.shape
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+        ho = (h * up + top + bottom - dh * (kh - 1) - 1) // sh + 1
+        wo = (w * up + left + right - dw * (kw - 1) - 1) // sw + 1
+        out = torch.empty((n, conv.out_channels, ho, wo), dtype=torch.float32)
+        # This layer's share of the pixel budget, as square tiles (the last row/column of tiles may be narrower).
+        side = max(1, math.isqrt(self.budget * ho * wo // self.output_pixels))
+        for y0, y1 in _spans(ho, side):
+            rows = (y0 * sh - top, (y1 - 1) * sh + dh * (kh - 1) + 1 - top)
+            for x0, x1 in _spans(wo, side):
+                cols = (x0 * sw - left, (x1 - 1) * sw + dw * (kw - 1) + 1 - left)
+                out[:, :, y0:y1, x0:x1] = self.run_conv(conv, _read(data, rows, cols, up))
+        return _Map(out)
+
+    def run_conv(self, conv: nn.Conv2d, tile: torch.Tensor) -> torch.Tensor:
+        tile = tile.to(self.device, conv.weight.dtype)
+        if self.dtype is None or self.dtype == tile.dtype:
+            return conv(tile)
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            y = conv(tile)
+        # As the worker's fp16 forward: an overflow is recomputed at full precision.
+        return y if bool(torch.isfinite(y).all()) else conv(tile)
+
+
+def run_layer_by_layer(
+    net: nn.Module,
+    image: torch.Tensor,
+    budget_pixels: int,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """`net`'s output for `image` (clamped to [0, 255], float32, on `image`'s device), computed layer by layer.
+
+    Every convolution runs over tiles covering at most `budget_pixels` of the output (as a share of its own
+    map), on `device` (default: where `net`'s parameters are), under autocast to `dtype` when given (e.g.
+    torch.float16 on CUDA; a tile that overflows is recomputed in full precision). The whole feature maps
+    between layers live in host memory as float32, and instance norm normalizes with their whole-image
+    statistics, so the result is the untiled output up to float rounding. Supports the modern-preset
+    `TransformNet` (reflection-padded convs, nearest upsampling, instance norm, residual blocks); raises
+    ValueError for anything else.
+    """
+    if not isinstance(net, TransformNet) or net.input_pad:
+        raise ValueError("whole-image instance norm needs a modern-preset TransformNet; use global_norm=False")
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or min(image.shape) < 1:
+        raise ValueError(f"image must be a non-empty NxCxHxW tensor, got {getattr(image, 'shape', image)!r}")
+    _check_int("budget_pixels", budget_pixels, 1)
+    param = next(net.parameters())
+    device = param.device if device is None else torch.device(device)
+    f = net.config.factor
     h, w = image.shape[-2:]
-    own_rows, own_cols = _owned(rows, align), _owned(cols, align)
-    stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for target in norms:
-        captured: list[torch.Tensor] = []
+    # As TransformNet.forward: scale to [-1, 1], reflect-pad to a multiple of the stride, crop the output back.
+    hp, wp = max(h, net.min_side), max(w, net.min_side)
+    ph, pw = hp - h + (-hp) % net.multiple, wp - w + (-wp) % net.multiple
+    with torch.no_grad():
+        x = image.detach().to("cpu", torch.float32) / 127.5 - 1.0
+        if ph or pw:
+            x = _reflect_pad(x, (0, pw, 0, ph))
+        run = _LayerByLayer(budget_pixels, x.shape[2] * x.shape[3] * f * f, device, dtype)
+        y = _Map(x.contiguous())
+        for part in (net.head, net.body, net.tail, net.output):
+            y = run(part, y)
+        out = y.materialize()[:, :, : h * f, : w * f].clamp_(0, 255)
+    return out.contiguous().to(image.device)
 
-        def stop(_module: nn.Module, args: tuple[torch.Tensor, ...], box: list[torch.Tensor] = captured) -> None:
-            box.append(args[0])
-            raise _Stop
 
-        count, total, squares = 0, 0.0, 0.0
-        handle = target.register_forward_pre_hook(stop)
-        try:
-            with _fixed_norms(norms, stats):
-                for row, own_row in zip(rows, own_rows, strict=True):
-                    for col, own_col in zip(cols, own_cols, strict=True):
-                        if own_row[0] == own_row[1] or own_col[0] == own_col[1]:
-                            continue
-                        captured.clear()
-                        with suppress(_Stop):
-                            forward(image[:, :, row[0] : row[1], col[0] : col[1]])
-                        if not captured:
-                            raise RuntimeError("the forward function never reached an instance-norm layer")
-                        x = captured[0]
-                        y0, y1 = feature_range(row, own_row, h, x.shape[2])
-                        x0, x1 = feature_range(col, own_col, w, x.shape[3])
-                        part = x[:, :, y0:y1, x0:x1].to(torch.float64)
-                        count += part.shape[2] * part.shape[3]
-                        total = total + part.sum((2, 3), keepdim=True)
-                        squares = squares + (part * part).sum((2, 3), keepdim=True)
-        finally:
-            handle.remove()
-        mean = total / count
-        stats.append((mean, (squares / count - mean * mean).clamp_min(0.0)))
-    return stats
+def _plain_forward(net: nn.Module) -> TileFn:
+    """`net` on one tile: on the net's device and dtype, float32 out on the tile's device, no autograd."""
+    param = next(net.parameters())
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return net(t.to(param.device, param.dtype)).float().to(t.device)
+
+    return fn
 
 
 def run_net_tiled(
@@ -367,42 +552,34 @@ def run_net_tiled(
     ramp: int = DEFAULT_RAMP,
     global_norm: bool = True,
     forward: TileFn | None = None,
-    histmatch: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Run `net` on `image` in tiles, with the margin (receptive radius) and tile alignment derived from `net`.
+    """Run `net` on `image` within a per-pass pixel budget; float32, clamped to [0, 255], on `image`'s device.
 
-    The tile is `tile`, else the largest whose output fits `budget_pixels`, else DEFAULT_TILE. `forward` runs
-    the network on one tile (default: `model_store.inference.run`, which clamps to [0, 255]); pass the worker's
-    own forward (device, fp16) to reuse it.
+    The budget is `budget_pixels` output pixels, else a `tile` x `tile` input tile, else DEFAULT_TILE. An image
+    within it is one call of `forward` (default: `net` on its own device and dtype); pass the worker's forward
+    (device, fp16) to reuse it.
 
-    With `global_norm` (the default) a network with instance norm first gathers whole-image statistics for
-    each instance-norm layer (`global_norm_stats`, ~7x the cost of the plain tiled pass) and the tiles then
-    normalize with those, so the result matches the untiled pass instead of shifting colours per tile. Without
-    it, each tile uses its own statistics (see the module docstring). The hooks this installs make the call
-    unsafe to overlap with other uses of the same `net` in other threads.
-
-    With `histmatch`, the stitched output's histogram is matched to the whole input's.
+    A network with instance norm, with `global_norm` (the default), runs layer by layer (`run_layer_by_layer`)
+    on `device` (default: where `net`'s parameters are) under autocast to `dtype` when given (the worker's
+    fp16: ``dtype=torch.float16``); `forward` is not used for it past the budget. Each layer's tiles normalize
+    with whole-image statistics, so the result is the untiled output, at about the untiled pass's cost (see the
+    module docstring). Every other case goes through `run_tiled` with `forward` on overlapping tiles, with the
+    margin (receptive radius) and alignment from `net_geometry` and a cross-fade `ramp`: exact for networks
+    without instance norm (the SR networks); with `global_norm=False` each tile normalizes with its own
+    statistics (see the module docstring). No hooks are installed on `net`.
     """
-    from model_store.inference import match_histograms, run
-
     factor = int(getattr(getattr(net, "config", None), "factor", 1))
-    overlap, margin, align = net_geometry(net, ramp)
-    if tile is None:
-        tile = tile_for_budget(budget_pixels, factor, overlap, align) if budget_pixels else DEFAULT_TILE
-    fn: TileFn = forward if forward is not None else (lambda t: run(net, t))
-    norms = _instance_norms(net) if global_norm else []
-    stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-    if norms:
-        _check_geometry(tile, overlap, margin, align)
-        rows, cols = (
-            plan_spans(image.shape[-2], tile, overlap, align),
-            plan_spans(image.shape[-1], tile, overlap, align),
-        )
-        if len(rows) * len(cols) > 1:
-            with torch.no_grad():
-                stats = global_norm_stats(net, fn, image, rows, cols, align)
-    with _fixed_norms(norms, stats):
+    fn: TileFn = forward if forward is not None else _plain_forward(net)
+    h, w = image.shape[-2:]
+    if global_norm and _instance_norms(net):
+        budget = budget_pixels if budget_pixels else ((tile or DEFAULT_TILE) * factor) ** 2
+        fits = not needs_tiling(h, w, factor, budget) if budget_pixels else max(h, w) <= (tile or DEFAULT_TILE)
+        out = fn(image) if fits else run_layer_by_layer(net, image, budget, device=device, dtype=dtype)
+    else:
+        overlap, margin, align = net_geometry(net, ramp)
+        if tile is None:
+            tile = tile_for_budget(budget_pixels, factor, overlap, align) if budget_pixels else DEFAULT_TILE
         out = run_tiled(fn, image, factor, tile, overlap, margin=margin, align=align)
-    if histmatch:
-        out = match_histograms(out, image).clamp(0, 255)
-    return out
+    return out.float().clamp(0, 255).to(image.device)
