@@ -2,7 +2,7 @@
 
 For each size, the built-in ``muse`` style model (instance norm; a fresh width-0.5 ``modern`` style net if the store
 has none) stylizes one square image (shared/data/content/chicago.jpg resized, or a random image without it) twice:
-untiled (one forward pass) and with `worker.tiling.run_net_tiled` under a per-pass budget of ``--budget`` output
+untiled (one forward pass) and with `model_store.tiling.run_net_tiled` under a per-pass budget of ``--budget`` output
 pixels (whole-image instance-norm statistics, layer by layer). Each run is a fresh subprocess, so its peak resident
 memory (``ru_maxrss``) is its own; ``base`` is the process's peak before the run (torch, the model, the image and a
 256-px warm-up pass), ``peak`` the peak after it. Times are single wall-clock runs (``--repeats`` > 1: the median,
@@ -62,7 +62,7 @@ def maxrss_mb() -> float:
 
 def child(size: int, mode: str, budget: int, out_path: str) -> None:
     """One measured run in this process; prints a JSON line and saves the output for the parent's comparison."""
-    from worker.tiling import run_net_tiled
+    from model_store.tiling import run_net_tiled
 
     net, model = load_net()
     image, source = load_image(size)

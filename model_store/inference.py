@@ -50,15 +50,3 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
-
-def run(net: torch.nn.Module, image: torch.Tensor, histmatch: bool = False) -> torch.Tensor:  # TEMP: tiling
-    from imaging.tensors import match_histograms
-
-    out = forward(net, image).clamp(0, 255).to(image.device)
-    return match_histograms(out, image).clamp(0, 255) if histmatch else out
-
-
-def match_histograms(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:  # TEMP: tiling
-    from imaging.tensors import match_histograms as match
-
-    return match(image, reference)

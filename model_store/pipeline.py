@@ -22,6 +22,7 @@ from imaging.tensors import Decoded
 from model_store import inference, store
 from model_store.networks import TransformNet
 from model_store.options import TILE_PIXELS, Options
+from model_store.tiling import run_net_tiled
 
 Forward = Callable[[TransformNet, torch.Tensor], torch.Tensor]
 
@@ -61,17 +62,17 @@ def needs_tiling(image: Decoded | torch.Tensor, factor: int, tile_pixels: int = 
 
 
 def infer(net: TransformNet, inputs: list[torch.Tensor], *, tile_pixels: int = TILE_PIXELS,
-          forward: Forward = inference.forward) -> list[torch.Tensor]:
+          forward: Forward = inference.forward, half: bool = False) -> list[torch.Tensor]:
     """Same-size 1x3xHxW inputs -> outputs clamped to [0, 255], float32 on the CPU.
 
-    Inputs whose output passes `tile_pixels` run one by one in tiles; the others share one forward pass.
+    Inputs whose output passes `tile_pixels` run one by one in tiles (style networks layer by layer under fp16
+    autocast when `half`, on CUDA; SR networks tile by tile through `forward`); the others share one pass.
     """
-    from worker.tiling import run_net_tiled  # TEMP: moves next to this module
-
     factor = net.config.factor
     if needs_tiling(inputs[0], factor, tile_pixels):
-        return [run_net_tiled(net, x, budget_pixels=tile_pixels, forward=lambda t: forward(net, t).cpu())
-                .clamp(0, 255) for x in inputs]
+        cuda_half = half and next(net.parameters()).device.type == "cuda"
+        return [run_net_tiled(net, x, budget_pixels=tile_pixels, forward=lambda t: forward(net, t).cpu(),
+                              dtype=torch.float16 if cuda_half else None).clamp(0, 255) for x in inputs]
     return list(forward(net, torch.cat(inputs)).cpu().clamp(0, 255).split(1))
 
 

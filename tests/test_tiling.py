@@ -1,4 +1,4 @@
-"""Tiled inference (worker.tiling): tile planning, seamless stitching, tiled vs untiled with the built-in models."""
+"""Tiled inference (model_store.tiling): tile planning, seamless stitching, tiled vs untiled, built-in models."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from model_store import store
 from model_store.networks import NetworkConfig, build_network
-from worker.tiling import (
+from model_store.tiling import (
     DEFAULT_OVERLAP,
     needs_tiling,
     net_geometry,

@@ -270,7 +270,7 @@ class Worker:
         start = time.perf_counter()
         try:
             outputs = pipeline.infer(net, [i.image.rgb for i in batch], tile_pixels=self.settings.tile_pixels,
-                                     forward=self._forward)
+                                     forward=self._forward, half=self.models.half)
         except Exception as e:  # e.g. CUDA out of memory: let another attempt (or worker) try
             log.exception("forward pass failed for %s", model)
             for item in batch:
