@@ -141,7 +141,7 @@ def stylize(
 ) -> None:
     """Stylize images locally with the service's pipeline (same pixels as POST /stylize; no service needed)."""
     options = Options(max_side=max_side, strength=strength, preserve_color=preserve_color, format=fmt,
-                               quality=quality)
+                      quality=quality)
     _apply(model, src, dst, options, device, tile_pixels, 1)
 
 
