@@ -532,13 +532,20 @@ class RedisQueue:
         return stream_id.decode() if isinstance(stream_id, bytes) else stream_id
 
     def has_group(self) -> bool:
-        """Whether the consumer group exists (/readyz: without it no job can flow)."""
+        """Whether the consumer group exists (/readyz: without it no job can flow); a lost one (an empty Redis) is
+        recreated here too. On the short-timeout probe connection."""
         import redis
 
         try:
-            return any(g["name"].decode() == self.GROUP for g in self._probe.xinfo_groups(self.STREAM))
+            if any(g["name"].decode() == self.GROUP for g in self._probe.xinfo_groups(self.STREAM)):
+                return True
         except redis.ResponseError:  # no such key: the stream is gone
-            return False
+            pass
+        try:
+            self._probe.xgroup_create(self.STREAM, self.GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            return "BUSYGROUP" in str(e)
+        return True
 
     @staticmethod
     def _key(job_id: str, part: str = "") -> str:
