@@ -151,5 +151,6 @@ def create_app(settings: ServiceSettings | None = None, queue: JobQueue | None =
     app.include_router(routes.probes)
     app.include_router(routes.admin)
     app.include_router(page.router)
+    routes.document(app, settings)
     app.add_middleware(MetricsMiddleware, metrics=lambda: state.metrics)
     return app

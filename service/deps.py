@@ -55,8 +55,10 @@ def get_queue(state: ServiceState = Depends(get_state)) -> JobQueue:
 
 _admin_bearer = HTTPBearer(scheme_name="AdminKey", auto_error=False,
                            description="PERCEPT_API_KEY: required by every /admin endpoint")
-_public_bearer = HTTPBearer(scheme_name="PublicKey", auto_error=False,
-                            description="PERCEPT_PUBLIC_API_KEY: required by the public endpoints when set")
+# The public endpoints' key is read by hand (no HTTPBearer dependency): the schema declares it only when
+# PERCEPT_PUBLIC_API_KEY is set (`document_public_key`), so it never claims a requirement that is not enforced.
+PUBLIC_SCHEME = {"type": "http", "scheme": "bearer",
+                 "description": "PERCEPT_PUBLIC_API_KEY (or send it as X-API-Key): required by the public endpoints"}
 
 
 def _matches(token: str | None, *keys: Any) -> bool:
@@ -80,11 +82,12 @@ def require_admin(creds: HTTPAuthorizationCredentials | None = Depends(_admin_be
         raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
-def require_public(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_public_bearer),
-                   settings: ServiceSettings = Depends(get_settings)) -> None:
+def require_public(request: Request, settings: ServiceSettings = Depends(get_settings)) -> None:
     if settings.public_api_key is None:
         return
-    token = creds.credentials if creds else request.headers.get("x-api-key")
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    token = credentials.strip() if scheme.lower() == "bearer" and credentials.strip() else None
+    token = token or request.headers.get("x-api-key")
     if token is None:
         raise HTTPException(401, "missing credentials: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                             headers={"WWW-Authenticate": "Bearer"})

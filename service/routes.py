@@ -22,6 +22,7 @@ from typing import Any, Literal
 import anyio
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -69,6 +70,9 @@ MAX_SIDE_Q = Query(None, ge=1, le=65_536, description="shrink the input so its l
 WAIT_Q = Query(None, ge=0, description="seconds to wait for the result (default 30, at most PERCEPT_MAX_WAIT_S) "
                                        "before answering 202")
 ASYNC_Q = Query(False, alias="async", description="answer 202 with the job at once")
+# A model name in an admin path, as the store accepts it (store.NAME_RE): others get 422, the schema says so.
+NAME_P = Path(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+              description="1-64 lowercase letters, digits, '_' or '-', starting with a letter or digit")
 IDEMPOTENCY_KEY_MAX = 200
 IDEMPOTENCY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # printable ASCII, not blank at either end
 IDEMPOTENCY_H = Header(
@@ -80,7 +84,38 @@ IDEMPOTENCY_H = Header(
 public = APIRouter(dependencies=[Depends(require_public)])
 probes = APIRouter(tags=["probes"])
 admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
-                  responses={401: {"model": Error}, 403: {"model": Error}})
+                  responses={400: {"model": Error, "description": "an invalid model name or request"},
+                             401: {"model": Error}, 403: {"model": Error}})
+
+
+def document(app: Any, settings: ServiceSettings) -> None:
+    """Make the app's OpenAPI schema say what this configuration enforces: `wait`'s maximum is
+    PERCEPT_MAX_WAIT_S; the public endpoints require a bearer key only when PERCEPT_PUBLIC_API_KEY is set."""
+    from fastapi.openapi.utils import get_openapi
+
+    from service.deps import PUBLIC_SCHEME
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            public_paths = {r.path for r in public.routes}
+            for path, ops in schema.get("paths", {}).items():
+                for op in ops.values():
+                    for param in op.get("parameters", []):
+                        if param.get("name") == "wait" and param.get("in") == "query":
+                            for s in param["schema"].get("anyOf", [param["schema"]]):
+                                if s.get("type") == "number":
+                                    s["maximum"] = settings.max_wait_s
+                    if path in public_paths and settings.public_api_key is not None:
+                        op["security"] = [{"PublicKey": []}]
+            if settings.public_api_key is not None:
+                schema.setdefault("components", {}).setdefault("securitySchemes", {})["PublicKey"] = PUBLIC_SCHEME
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
 
 
 @public.post("/stylize", tags=["inference"], responses=IMAGE_RESPONSES, openapi_extra=UPLOAD_BODY,
@@ -225,19 +260,41 @@ def metrics(state: ServiceState = Depends(get_state)) -> Response:
 # Admin
 
 
-@admin.post("/models/{name}/default", response_model=ModelInfo, responses={404: {"model": Error}})
-def set_default(name: str, body: DefaultVersion, state: ServiceState = Depends(get_state)) -> ModelInfo:
-    """Pin the version new jobs use (null: back to the highest). Workers switch within their reload interval."""
+@admin.post("/models/{name}/default", response_model=ModelInfo, responses={404: {"model": Error}},
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/json": {"schema": DefaultVersion.model_json_schema()}}}})
+async def set_default(request: Request, name: str = NAME_P, state: ServiceState = Depends(get_state)) -> ModelInfo:
+    """Pin the version new jobs use (null: back to the highest). Workers switch within their reload interval.
+
+    The body (`DefaultVersion`) is read here, after the admin key was checked: an unauthenticated request gets
+    401/403 whatever it sends."""
+    body = await json_body(request, DefaultVersion)
+
+    def pin() -> ModelInfo:
+        try:
+            store.set_default(name, body.version)
+            return model_info(name, serving_versions(state.queue, state.settings))
+        except store.ModelStoreError as e:
+            raise model_error(e) from None
+
+    return await anyio.to_thread.run_sync(pin)
+
+
+async def json_body(request: Request, model: Any) -> Any:
+    """The request's JSON body as `model`, or 422 with the reasons in one line."""
     try:
-        store.set_default(name, body.version)
-        return model_info(name, serving_versions(state.queue, state.settings))
-    except store.ModelStoreError as e:
-        raise model_error(e) from None
+        return model.model_validate_json(await request.body())
+    except ValidationError as e:
+        reasons = "; ".join(
+            ("body" + "".join(f".{p}" for p in err["loc"]) + ": " if err["loc"] else "body: ") + err["msg"]
+            for err in e.errors())
+        raise HTTPException(422, f"invalid request: {reasons}") from None
 
 
 @admin.delete("/models/{name}/versions/{version}", response_model=ModelInfo,
               responses={404: {"model": Error}, 409: {"model": Error}})
-def delete_version(name: str, version: int = Path(..., ge=1), state: ServiceState = Depends(get_state)) -> ModelInfo:
+def delete_version(name: str = NAME_P, version: int = Path(..., ge=1),
+                   state: ServiceState = Depends(get_state)) -> ModelInfo:
     """Remove one version (not the only one: a model with no version would vanish under running workers)."""
     try:
         available = store.versions(name)
@@ -259,7 +316,7 @@ def delete_version(name: str, version: int = Path(..., ge=1), state: ServiceStat
                               "description": "style models: the style image, stored with the version (its "
                                              "thumbnail); a checkpoint's own style_image path is never read"}}}},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-async def publish(request: Request, name: str, half: bool = Query(True, description="store fp16 weights"),
+async def publish(request: Request, name: str = NAME_P, half: bool = Query(True, description="store fp16 weights"),
                   state: ServiceState = Depends(get_state)) -> Any:
     """Publish a percept training checkpoint (.pt, multipart field `file`, or a raw body) as the next version of
     NAME; a style model's style image comes only in the upload (optional multipart field `style`)."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from model_store.store import SrLoss
 from worker.queue import JobRecord, JobState
@@ -83,10 +83,26 @@ class Health(BaseModel):
     workers: int | None = Field(None, description="live workers (heartbeat within worker_stale_s) that are ready")
 
 
+def _json_int(value: Any) -> Any:
+    """An integer as JSON Schema has it: 2 or 2.0, never true/false or "2" (pydantic's lax mode takes both)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
+VersionNumber = Annotated[int, BeforeValidator(_json_int), Field(ge=1),
+                         WithJsonSchema({"type": "integer", "minimum": 1})]
+
+
 class DefaultVersion(BaseModel):
     """Body of POST /admin/models/{name}/default: a version to pin, or null for the highest."""
 
-    version: int | None = Field(None, ge=1)
+    version: VersionNumber | None = Field(None, description="a published version (a JSON integer: not \"2\", not "
+                                                             "true), or null for the highest")
 
 
 class WorkerInfo(BaseModel):
