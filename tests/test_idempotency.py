@@ -1,13 +1,19 @@
 """Idempotent submission (issue 14): an `Idempotency-Key` names one job in both queue backends; a retry gets that
-job and its stored result; the job id comes in `X-Job-Id` on every answer once the job exists; embedded results are
-capped by bytes (the oldest dropped first, 410)."""
+job and its stored result (also after the API process was killed); the job id comes in `X-Job-Id` on every answer
+once the job exists; embedded results are capped by bytes (the oldest dropped first, 410)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from test_limits import CLI, _env, _free_port
 from test_service_api import KEY, assert_error, photo, post_image
 
 from service.app import create_app
@@ -124,3 +130,47 @@ def test_http_evicted_result_is_410(idle: tuple[TestClient, MemoryQueue]) -> Non
     assert_error(client.get(f"/jobs/{ids[0]}/result"), 410, "PERCEPT_RESULT_CACHE_MB")
     r = client.get(f"/jobs/{ids[1]}/result")
     assert r.status_code == 200 and r.content == b"y" * 8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real API process in Redis mode, killed and restarted: the retry finds the stored result.
+
+
+def test_retry_after_the_api_process_died_gets_the_stored_result(redis_db: str) -> None:
+    def start(port: int) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--port", str(port), "--redis-url", redis_db,
+                                 "--log-level", "warning"], env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "percept serve did not start"
+            time.sleep(0.2)
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/stylize"
+    request = {"params": {"style": "candy", "wait": 1}, "content": photo(),
+               "headers": {"Content-Type": "image/png", "Idempotency-Key": "crash-retry-7"}}
+    api = start(port)
+    try:
+        r = httpx.post(url, timeout=30, **request)  # no worker yet: 202 after `wait`, with the job's id
+        assert r.status_code == 202, r.text
+        job_id = r.headers["x-job-id"]
+        api.send_signal(signal.SIGKILL)
+        api.wait(10)
+
+        queue = RedisQueue(redis_db)  # a worker finishes the job while no API process runs
+        _finish(queue, b"\x89PNG-stored")
+
+        api = start(port)
+        r = httpx.post(url, timeout=30, **request)
+        assert r.status_code == 200 and r.content == b"\x89PNG-stored", r.text
+        assert r.headers["x-job-id"] == job_id
+        assert queue.depth() == 0 and len(queue.list_jobs()) == 1  # computed once
+    finally:
+        api.kill()
+        api.wait(10)
