@@ -174,3 +174,24 @@ def test_retry_after_the_api_process_died_gets_the_stored_result(redis_db: str) 
     finally:
         api.kill()
         api.wait(10)
+
+
+@pytest.mark.parametrize(("status", "replayed"), [(422, True), (503, False)])
+def test_a_retry_after_a_failure_replays_only_the_inputs_fault(make_queue: Callable[..., JobQueue], status: int,
+                                                               replayed: bool) -> None:
+    """A job failed for its input (4xx) gives the retry the same answer; one failed for the service (5xx), or
+    cancelled, is computed again."""
+    q = make_queue()
+    first = q.submit("muse", PNG, b"img", idempotency_key="k")
+    for job in q.reserve("w", 8, 100):
+        q.fail(job, "boom", retry=False, status=status)
+    again = q.submit("muse", PNG, b"img", idempotency_key="k")
+    assert (again == first) is replayed
+    assert q.submit("muse", PNG, b"img", idempotency_key="k") == again  # the key now names the new job
+
+
+def test_a_retry_after_a_cancel_computes_again(make_queue: Callable[..., JobQueue]) -> None:
+    q = make_queue()
+    first = q.submit("muse", PNG, b"img", idempotency_key="k")
+    assert q.cancel(first)
+    assert q.submit("muse", PNG, b"img", idempotency_key="k") != first

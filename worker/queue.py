@@ -228,6 +228,14 @@ def request_fingerprint(model: str, params: JobParams, data: bytes) -> str:
     return h.hexdigest()
 
 
+def _replayable(rec: JobRecord, has_result: bool) -> bool:
+    """Whether a retry with the job's idempotency key gets this job. Not when the job failed for the service's
+    fault (5xx) or was cancelled, nor when its result is gone: then the retry computes it again."""
+    if rec.status is JobState.CANCELLED or (rec.status is JobState.FAILED and (rec.error_status or 503) >= 500):
+        return False
+    return has_result or rec.status is not JobState.DONE
+
+
 def _conflict(key: str) -> IdempotencyConflict:
     return IdempotencyConflict(f"the Idempotency-Key {key!r} was used for a different request (another model, "
                                "parameters or image); use a new key for a new request")
@@ -280,10 +288,11 @@ class MemoryQueue:
             if idempotency_key is not None:
                 idem = (idempotency_key, request_fingerprint(model, params, data))
                 old = self._jobs.get(self._keys.get(idempotency_key, ""))
-                if old is not None and old.idempotency is not None and not old.evicted:
+                if old is not None and old.idempotency is not None:
                     if old.idempotency[1] != idem[1]:
                         raise _conflict(idempotency_key)
-                    return old.record.id
+                    if _replayable(old.record, old.result is not None):
+                        return old.record.id
             if self.depth() >= self.max_depth:
                 raise QueueFull(f"the queue holds {self.max_depth} jobs")
             job_id = new_job_id()
@@ -567,12 +576,11 @@ class RedisQueue:
                 old = json.loads(raw)
                 if old["fingerprint"] != fingerprint:
                     raise _conflict(idempotency_key)
-                if self.r.exists(self._key(old["job"])) and (
-                        self.r.exists(self._key(old["job"], "result"))
-                        or self.r.hget(self._key(old["job"]), "status") != json.dumps(JobState.DONE.value).encode()):
+                loaded = self._load(old["job"])
+                if loaded is not None and _replayable(loaded[0], bool(self.r.exists(self._key(old["job"], "result")))):
                     self.r.pexpire(idem_key, self._ttl_ms)  # as long as the job it names
                     return str(old["job"])
-                self.r.delete(idem_key)  # its job expired: this request makes a new one
+                self.r.delete(idem_key)  # its job is gone or not worth replaying: this request makes a new one
         if self.depth() >= self.max_depth:
             if idem_key is not None:
                 self.r.delete(idem_key)
