@@ -4,9 +4,12 @@ once the job exists; embedded results are capped by bytes (the oldest dropped fi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,7 +21,7 @@ from test_service_api import KEY, assert_error, photo, post_image
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from worker.queue import IdempotencyConflict, JobParams, JobQueue, MemoryQueue, RedisQueue
+from worker.queue import IdempotencyConflict, JobParams, JobQueue, MemoryQueue, RedisQueue, request_fingerprint
 
 PNG = JobParams(format="png")
 
@@ -195,3 +198,18 @@ def test_a_retry_after_a_cancel_computes_again(make_queue: Callable[..., JobQueu
     first = q.submit("muse", PNG, b"img", idempotency_key="k")
     assert q.cancel(first)
     assert q.submit("muse", PNG, b"img", idempotency_key="k") != first
+
+
+def test_redis_concurrent_first_request_is_awaited_not_duplicated(redis_db: str) -> None:
+    """Two API processes get the same key at once: the second waits for the first's record rather than queueing
+    a second job (the first holds the key between its SET NX and its job's record)."""
+    q = RedisQueue(redis_db, max_depth=4, ttl_s=60.0)
+    other = RedisQueue(redis_db, max_depth=4, ttl_s=60.0)
+    first = q.submit("muse", PNG, b"img")  # stands for the first request's job, its record written late
+    raw = q.r.hgetall(q._key(first))
+    q.r.delete(q._key(first))
+    key = "percept:idem:" + hashlib.sha256(b"race").hexdigest()
+    q.r.set(key, json.dumps({"job": first, "fingerprint": request_fingerprint("muse", PNG, b"img"),
+                             "at": time.time()}))
+    threading.Timer(0.3, lambda: q.r.hset(q._key(first), mapping=raw)).start()
+    assert other.submit("muse", PNG, b"img", idempotency_key="race") == first

@@ -568,7 +568,7 @@ class RedisQueue:
         if idempotency_key is not None:
             fingerprint = request_fingerprint(model, params, data)
             idem_key = "percept:idem:" + hashlib.sha256(idempotency_key.encode()).hexdigest()
-            value = json.dumps({"job": job_id, "fingerprint": fingerprint})
+            value = json.dumps({"job": job_id, "fingerprint": fingerprint, "at": time.time()})
             while not self.r.set(idem_key, value, px=self._ttl_ms, nx=True):
                 raw = self.r.get(idem_key)
                 if raw is None:  # expired in between: try to take it again
@@ -577,6 +577,11 @@ class RedisQueue:
                 if old["fingerprint"] != fingerprint:
                     raise _conflict(idempotency_key)
                 loaded = self._load(old["job"])
+                for _ in range(20):  # a concurrent first request may be between its SET and its job's record
+                    if loaded is not None or time.time() - old.get("at", 0) > 2.0:
+                        break
+                    time.sleep(0.05)
+                    loaded = self._load(old["job"])
                 if loaded is not None and _replayable(loaded[0], bool(self.r.exists(self._key(old["job"], "result")))):
                     self.r.pexpire(idem_key, self._ttl_ms)  # as long as the job it names
                     return str(old["job"])
