@@ -47,8 +47,9 @@ def test_each_environment_variable_is_declared_once():
             for env in _env_names(cls, name):
                 assert owner.setdefault(env, where) is where, f"{env} is declared by {owner[env]} and {where}"
     shared = {env for env, cls in owner.items() if cls in (RedisSettings, QueueSettings)}
-    assert shared == {"REDIS_URL", "PERCEPT_REDIS_URL", "PERCEPT_QUEUE_MAX", "PERCEPT_JOB_TTL_S",
-                      "PERCEPT_MAX_ATTEMPTS"}
+    assert shared == {"REDIS_URL", "PERCEPT_REDIS_URL", "PERCEPT_REDIS_SOCKET_TIMEOUT_S",
+                      "PERCEPT_REDIS_CONNECT_TIMEOUT_S", "PERCEPT_QUEUE_MAX", "PERCEPT_JOB_TTL_S",
+                      "PERCEPT_MAX_ATTEMPTS", "PERCEPT_RESULT_CACHE_MB"}
 
 
 def test_shared_variables_reach_every_process(monkeypatch: pytest.MonkeyPatch):
