@@ -10,11 +10,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers import wait_until
 from PIL import Image
 
 from service.app import create_app
@@ -30,19 +31,8 @@ def _png(side: int = 32, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
-
-
 def _done(q: RedisQueue, job_id: str, timeout: float = 20) -> JobRecord:
-    return _until(lambda: (r := q.status(job_id)) is not None and r.terminal and r, timeout, f"job {job_id}")
+    return wait_until(lambda: (r := q.status(job_id)) is not None and r.terminal and r, timeout, f"job {job_id}")
 
 
 class _Running:
@@ -129,7 +119,7 @@ def test_job_slower_than_visibility_timeout_completes_once(fresh_redis_server, s
         slow.models.get("candy")  # loaded before the clock matters
         slow_forward["s"] = 4.0
         job = api.submit("candy", JobParams(format="png"), _png())
-        _until(lambda: (r := api.status(job)) is not None and r.status == "running", 10, "the job to start")
+        wait_until(lambda: (r := api.status(job)) is not None and r.status == "running", 10, "the job to start")
         with _Running(RedisQueue(url), "other", visibility_timeout_s=1.0) as other:
             rec = _done(api, job, 20)
             heartbeat = {w["id"]: w for w in api.workers(5)}
@@ -164,7 +154,7 @@ def test_ready_during_a_long_job(monkeypatch: pytest.MonkeyPatch, slow_forward) 
     settings = ServiceSettings(worker_stale_s=1.0)
     app = create_app(settings)
     with TestClient(app) as client:
-        _until(lambda: client.get("/readyz").status_code == 200, 120, "the embedded worker", every=0.2)
+        wait_until(lambda: client.get("/readyz").status_code == 200, 120, "the embedded worker", every=0.2)
         slow_forward["s"] = 3.0
         r = client.post("/stylize", params={"style": "candy", "async": "true"}, content=_png(),
                         headers={"Content-Type": "image/png"})
@@ -211,7 +201,7 @@ def test_redis_stall_answers_fast_and_recovers(fresh_redis_server) -> None:
         finally:
             os.kill(pid, signal.SIGCONT)
         queue.heartbeat("w1", {"ready": True, "models": {"candy": 1}})
-        _until(lambda: client.get("/readyz").status_code == 200, 5, "ready again")
+        wait_until(lambda: client.get("/readyz").status_code == 200, 5, "ready again")
         assert client.get(f"/jobs/{job}").json()["status"] == "queued"
         r = client.post("/stylize", params={"style": "candy", "async": "true"}, content=_png(),
                         headers={"Content-Type": "image/png"})

@@ -8,7 +8,7 @@ import json
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from helpers import wait_until
 from PIL import Image
 
 from model_store import store
@@ -57,17 +58,6 @@ def decode(data: bytes) -> Image.Image:
 
 def pixels(data: bytes) -> np.ndarray:
     return np.asarray(decode(data).convert("RGB"), dtype=np.float64)
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the condition")
-        time.sleep(every)
 
 
 def wait_ready(client: TestClient) -> None:
