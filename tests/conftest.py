@@ -76,13 +76,15 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    """A `redis-server` child process on 127.0.0.1: no RDB, no AOF, its files in `workdir`.
+    """A `redis-server` child process on 127.0.0.1: no RDB, no AOF (unless `appendonly`), its files in `workdir`.
 
     The port is chosen once (bind to port 0) and kept, so `stop()` / `kill()` then `start()` bring the server
-    back at the same URL with an empty database: what fault tests need to simulate a Redis restart.
+    back at the same URL with an empty database: what fault tests need to simulate a Redis restart. With
+    `appendonly`, every write is fsynced to the AOF in `workdir` and a restart replays it (a persistent Redis).
     """
 
-    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, binary: str, workdir: Path, port: int | None = None, appendonly: bool = False) -> None:
+        self.appendonly = appendonly
         self.binary = binary
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +129,8 @@ class RedisServer:
     def _spawn_and_wait(self, timeout: float) -> None:
         import redis
 
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
                 "--daemonize", "no", "--dir", str(self.workdir)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,

@@ -1,6 +1,7 @@
 """Fault injection (issue 14): an empty Redis after a restart, a job slower than the visibility timeout, a long job
-in embedded mode, a stalled Redis (SIGSTOP). Real Redis servers of the test's own (`fresh_redis_server`), workers
-as threads in this process on small images; each test takes seconds."""
+in embedded mode, a stalled Redis (SIGSTOP); and the guarantees that held before: a Redis restarted on its AOF
+keeps its queued jobs, a worker killed in the middle of a batch loses none. Real Redis servers of the test's own
+(`fresh_redis_server`), workers as threads in this process on small images; each test takes seconds."""
 
 from __future__ import annotations
 
@@ -206,3 +207,33 @@ def test_redis_stall_answers_fast_and_recovers(fresh_redis_server) -> None:
         r = client.post("/stylize", params={"style": "candy", "async": "true"}, content=_png(),
                         headers={"Content-Type": "image/png"})
         assert r.status_code == 202, r.text
+
+
+def test_redis_restart_on_its_aof_keeps_queued_jobs(tmp_path) -> None:
+    """A persistent Redis (AOF) killed and restarted: the queued jobs are still there and complete once each."""
+    from conftest import RedisServer, _redis_binary
+
+    server = RedisServer(_redis_binary(), tmp_path / "redis-aof", appendonly=True).start()
+    try:
+        api = RedisQueue(server.url)
+        jobs = [api.submit("candy", JobParams(format="png"), _png(seed=i)) for i in range(3)]
+        server.kill()
+        server.start()
+        assert [api.status(j).status for j in jobs] == ["queued"] * 3
+        with _Running(RedisQueue(server.url), "after-restart"):
+            records = [_done(api, j) for j in jobs]
+        assert [(r.status, r.attempts) for r in records] == [("done", 1)] * 3
+    finally:
+        server.stop()
+
+
+def test_worker_killed_mid_batch_loses_no_job(fresh_redis_server, slow_forward) -> None:
+    """A worker that takes a batch and dies (no renewals, no completion: what SIGKILL leaves) loses nothing: a
+    live worker reclaims the batch after the visibility timeout and each job completes once."""
+    api = RedisQueue(fresh_redis_server.url)
+    jobs = [api.submit("candy", JobParams(format="png"), _png(seed=i)) for i in range(4)]
+    taken = RedisQueue(fresh_redis_server.url).reserve("doomed", 4, 1000)  # then the process dies
+    assert sorted(j.id for j in taken) == sorted(jobs)
+    with _Running(RedisQueue(fresh_redis_server.url), "survivor", visibility_timeout_s=1.0):
+        records = [_done(api, j) for j in jobs]
+    assert all(r.status == "done" and r.worker == "survivor" and r.attempts == 2 for r in records)
