@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,21 +20,32 @@ models_app = typer.Typer(help="List, show and publish models in the model store.
 
 
 @models_app.command("list")
-def list_models(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Every model with its default version, kind and factor."""
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON.")) -> None:
+    """Every model with its default version, kind, factor and (SR models) the loss it was trained with."""
     rows = []
     for name in store.list_models():
         entry = store.get(name)
+        m = entry.manifest
         rows.append({"name": name, "default": entry.version, "versions": store.versions(name),
-                     "kind": entry.manifest["kind"], "factor": entry.manifest["factor"], "path": str(entry.path)})
+                     "kind": m["kind"], "factor": m["factor"], "loss": _loss(name, m), "path": str(entry.path)})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         typer.echo(f"no models (stores searched: {', '.join(map(str, store.roots()))})")
+        return
+    typer.echo(f"{'NAME':<20} {'DEFAULT':<7} {'KIND':<8} {'LOSS':<6} {'VERSIONS':<9} PATH")
     for r in rows:
         kind = "style" if r["kind"] == "style" else f"sr x{r['factor']}"
-        typer.echo(f"{r['name']:<20} v{r['default']:<4} {kind:<8} versions {r['versions']}  {r['path']}")
+        versions = ",".join(map(str, r["versions"]))
+        typer.echo(f"{r['name']:<20} v{r['default']:<6} {kind:<8} {r['loss'] or '-':<6} {versions:<9} {r['path']}")
+
+
+def _loss(name: str, manifest: dict) -> str | None:
+    """An SR model's training loss (feat | pixel): what `upscale --loss` picks it by; None for style models."""
+    if manifest["kind"] != "sr":
+        return None
+    return manifest.get("training", {}).get("loss") or store.sr_loss(name, manifest["factor"])
 
 
 @models_app.command("show")
@@ -57,23 +69,55 @@ def _load(model: str, device: str) -> tuple[TransformNet, str]:
         raise typer.BadParameter(str(e), param_hint="--model") from None
 
 
-def _outputs(src: Path, dst: Path, fmt: str | None) -> list[tuple[Path, Path | None]]:
-    """(input, output) pairs: a file to a file, or every file of a folder to a folder. A folder's outputs keep
-    their input's name with the --format's suffix (None: decided by the input's format, once decoded)."""
+def _outputs(src: Path, dst: Path, fmt: str | None, suffix: str) -> list[tuple[Path, Path]]:
+    """(input, output) pairs. A file goes to DST (or into DST when it is a folder). A folder's files, subfolders
+    included, go to the same relative place under DST as NAME<suffix>.<ext>: ext from --format, else the input's
+    when png/jpg/webp, else png. Hidden files and anything already under DST (outputs written into the input
+    folder) are not inputs."""
     if not src.is_dir():
+        if dst.is_dir():
+            return [(src, dst / f"{src.stem}{suffix}.{_ext(src, fmt)}")]
         return [(src, dst)]
-    dst.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
-    return [(p, dst / f"{p.stem}.{_suffix(fmt)}" if fmt else None) for p in files]
+    src_r, dst_r = src.resolve(), dst.resolve()
+    if src_r == dst_r and not suffix:
+        raise typer.BadParameter("writing into the input folder needs a --suffix (it would replace the inputs)",
+                                 param_hint="DST")
+    pairs = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if dst_r != src_r and path.resolve().is_relative_to(dst_r):
+            continue
+        ext = _ext(path, fmt)
+        if src_r == dst_r and path.name.endswith(f"{suffix}.{ext}"):
+            continue  # an earlier run's output
+        pairs.append((path, dst / rel.parent / f"{path.stem}{suffix}.{ext}"))
+    return pairs
+
+
+def _ext(path: Path, fmt: str | None) -> str:
+    if fmt:
+        return _suffix(fmt)
+    ext = path.suffix.lower().lstrip(".")
+    return ext if ext in ("png", "jpg", "jpeg", "webp") else "png"
 
 
 def _suffix(fmt: str) -> str:
     return "jpg" if fmt == "jpeg" else fmt
 
 
-def _apply(model: str, src: Path, dst: Path, options: Options, device: str, tile_pixels: int,
-           factor: int) -> None:
+def _default_suffix(model: str) -> str:
+    """`_muse` for muse or muse@2, `_x4` for sr_x4, `_x4_pixel` for sr_x4_pixel, the file's stem for a .pt."""
+    name = Path(model).stem if model.endswith(".pt") else model.split("@")[0]
+    return "_" + name.removeprefix("sr_")
+
+
+def _apply(model: str, src: Path, dst: Path, options: Options, device: str, tile_pixels: int, factor: int,
+           suffix: str | None = None, skip_existing: bool = False) -> None:
     """Every input through the pipeline; a bad file is reported and skipped, and the exit status is 1 if any."""
+    from tqdm import tqdm
+
     from imaging import codec, tensors
     from model_store import pipeline
 
@@ -82,36 +126,50 @@ def _apply(model: str, src: Path, dst: Path, options: Options, device: str, tile
             options = replace(options, format=codec.output_format(options.format, "png"))
         except codec.ImageError as e:
             raise typer.BadParameter(e.message, param_hint="--format") from None
-    elif not src.is_dir():
+    folder = src.is_dir()
+    if not folder and dst.exists() and not dst.is_dir() and skip_existing:
+        typer.echo(f"skipped: {dst} exists (--skip-existing)")
+        return
+    pairs = _outputs(src, dst, options.format, _default_suffix(model) if suffix is None else suffix)
+    if not folder:
         try:  # before the model runs: a bad output name is a message, not a wasted minute
-            options = replace(options, format=codec.format_for_path(dst))
+            codec.format_for_path(pairs[0][1])
         except codec.ImageError as e:
             raise typer.BadParameter(e.message, param_hint="DST") from None
+    if folder and not pairs:
+        raise typer.BadParameter(f"no files in {src}", param_hint="SRC")
+    todo = [(a, b) for a, b in pairs if not (skip_existing and b.exists())]
+    skipped = len(pairs) - len(todo)
     net, label = _load(model, device)
     if net.config.factor != factor:
         what = "a style model" if net.config.factor == 1 else f"an x{net.config.factor} SR model"
         raise typer.BadParameter(f"{model} is {what}; this command needs " + (
             "a style model" if factor == 1 else f"an x{factor} SR model"), param_hint="--model")
-    failed = 0
-    for a, b in _outputs(src, dst, options.format):
-        try:
-            image = tensors.read(a)
-            result = pipeline.run(net, image, options, tile_pixels=tile_pixels)
-            fmt = codec.output_format(options.format, image.format)
-            b = b or dst / f"{a.stem}.{_suffix(fmt)}"
-            data, _ = pipeline.encode(result, image, replace(options, format=fmt))
-        except codec.ImageError as e:
-            typer.echo(f"skipped: {e.message}", err=True)
-            failed += 1
-            continue
-        except (RuntimeError, MemoryError) as e:  # out of memory, mostly: a smaller --tile-pixels helps
-            typer.echo(f"failed: {a}: {str(e).splitlines()[0]} (try a smaller --tile-pixels or --max-side)",
-                       err=True)
-            failed += 1
-            continue
-        b.parent.mkdir(parents=True, exist_ok=True)
-        b.write_bytes(data)
-        typer.echo(f"{a} -> {b}  ({label})")
+    done = failed = 0
+    # The bar goes to stderr and only on a terminal (disable=None), so piped output stays one summary line.
+    with tqdm(todo, desc=label, unit="img", disable=None if folder else True, dynamic_ncols=True) as bar:
+        for a, b in bar:
+            try:
+                image = tensors.read(a)
+                fmt = codec.format_for_path(b)
+                result = pipeline.run(net, image, options, tile_pixels=tile_pixels)
+                data, _ = pipeline.encode(result, image, replace(options, format=fmt))
+            except codec.ImageError as e:
+                bar.write(f"failed: {e.message}", file=sys.stderr)
+                failed += 1
+                continue
+            except (RuntimeError, MemoryError) as e:  # out of memory, mostly: a smaller --tile-pixels helps
+                bar.write(f"failed: {a}: {str(e).splitlines()[0] if str(e) else type(e).__name__} (try a smaller "
+                          "--tile-pixels or --max-side)", file=sys.stderr)
+                failed += 1
+                continue
+            b.parent.mkdir(parents=True, exist_ok=True)
+            b.write_bytes(data)
+            done += 1
+            if not folder:
+                typer.echo(f"{a} -> {b}  ({label})")
+    if folder:
+        typer.echo(f"{done} done, {skipped} skipped (output exists), {failed} failed: {src} -> {dst}  ({label})")
     if failed:
         raise typer.Exit(1)
 
@@ -122,8 +180,12 @@ FORMAT_O = typer.Option(None, "--format", help="png | jpeg | webp (default: the 
 QUALITY_O = typer.Option(None, "--quality", min=1, max=100, help="JPEG/WEBP quality (default 90).")
 TILE_O = typer.Option(TILE_PIXELS, "--tile-pixels", min=250_000,
                       help="Output pixels above which an image runs in tiles (less memory, same pixels).")
-DEVICE_O = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N | auto.")
-SRC_A = typer.Argument(..., exists=True, help="An image, or a folder of images.")
+DEVICE_O = typer.Option("auto", "--device", help="auto (CUDA when present, else cpu) | cpu | cuda | cuda:N.")
+SUFFIX_O = typer.Option(None, "--suffix", help="Added to each output's name when DST is a folder: NAME<suffix>.ext "
+                        "(default: _<model>, e.g. photo_muse.jpg, photo_x4.png; '' keeps the name).")
+SKIP_O = typer.Option(False, "--skip-existing/--no-skip-existing",
+                      help="Leave outputs that already exist alone (resume an interrupted folder run).")
+SRC_A = typer.Argument(..., exists=True, help="An image, or a folder of images (subfolders included).")
 DST_A = typer.Argument(..., help="Output image (its suffix names the format), or a folder.")
 
 
@@ -132,36 +194,77 @@ def stylize(
     dst: Path = DST_A,
     model: str = typer.Option(..., "--model", help="A style model (muse, muse@1) or a training checkpoint (.pt)."),
     strength: float = typer.Option(1.0, "--strength", min=0.0, max=1.0, help="1 full style, 0 the input."),
-    preserve_color: bool = typer.Option(False, "--preserve-color", help="Keep the input's colours."),
+    preserve_color: bool = typer.Option(False, "--preserve-color/--no-preserve-color",
+                                        help="Keep the input's colours."),
     max_side: int = MAX_SIDE_O,
     fmt: str = FORMAT_O,
     quality: int = QUALITY_O,
     tile_pixels: int = TILE_O,
     device: str = DEVICE_O,
+    suffix: str = SUFFIX_O,
+    skip_existing: bool = SKIP_O,
 ) -> None:
-    """Stylize images locally with the service's pipeline (same pixels as POST /stylize; no service needed)."""
+    """Stylize an image or a folder locally with the service's pipeline (same pixels as POST /stylize; no service
+    needed). A folder's outputs are named NAME_<model>.ext under DST, subfolders kept."""
     options = Options(max_side=max_side, strength=strength, preserve_color=preserve_color, format=fmt,
                       quality=quality)
-    _apply(model, src, dst, options, device, tile_pixels, 1)
+    _apply(model, src, dst, options, device, tile_pixels, 1, suffix, skip_existing)
+
+
+def _sr_model(factor: int, loss: str) -> str:
+    """The store's model for `upscale --factor --loss`; one line naming the factors there are when none fits."""
+    try:
+        name = store.sr_model_name(factor, loss)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--loss") from None
+    if name in store.list_models():
+        return name
+    available = {}
+    for other in store.list_models():
+        m = store.get(other).manifest
+        if m["kind"] == "sr" and store.sr_loss(other, m["factor"]):
+            available.setdefault(store.sr_loss(other, m["factor"]), []).append(m["factor"])
+    have = "; ".join(f"{lo}: " + ", ".join(f"x{f}" for f in sorted(fs)) for lo, fs in sorted(available.items()))
+    raise typer.BadParameter(f"no x{factor} SR model with the {loss} loss (available: {have or 'none'})",
+                             param_hint="--factor")
 
 
 def upscale(
     src: Path = SRC_A,
     dst: Path = DST_A,
-    factor: int = typer.Option(4, "--factor", help="4 | 8"),
+    factor: int = typer.Option(4, "--factor", help="4 | 8 (the SR models in the store)."),
     loss: str = typer.Option("feat", "--loss", help="feat (sr_x<factor>) | pixel (sr_x<factor>_pixel)."),
     model: str = typer.Option(None, "--model", help="An SR model or checkpoint (default: from --factor, --loss)."),
-    histmatch: bool = typer.Option(False, "--histmatch", help="Match the output's histogram to the input's."),
+    histmatch: bool = typer.Option(False, "--histmatch/--no-histmatch",
+                                   help="Match the output's histogram to the input's."),
     max_side: int = MAX_SIDE_O,
     fmt: str = FORMAT_O,
     quality: int = QUALITY_O,
     tile_pixels: int = TILE_O,
     device: str = DEVICE_O,
+    suffix: str = SUFFIX_O,
+    skip_existing: bool = SKIP_O,
 ) -> None:
-    """Upscale images locally with the service's pipeline (same pixels as POST /upscale)."""
-    try:
-        name = model or store.sr_model_name(factor, loss)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--loss") from e
+    """Upscale an image or a folder locally with the service's pipeline (same pixels as POST /upscale). A
+    folder's outputs are named NAME_x<factor>.ext under DST, subfolders kept."""
+    name = model or _sr_model(factor, loss)
     options = Options(max_side=max_side, histmatch=histmatch, format=fmt, quality=quality)
-    _apply(name, src, dst, options, device, tile_pixels, factor)
+    _apply(name, src, dst, options, device, tile_pixels, factor, suffix, skip_existing)
+# Video suffixes (model_store.video.VIDEO_SUFFIXES, repeated so images never import PyAV).
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi")
+SMOOTH_O = typer.Option(0.0, "--smooth", min=0.0, max=0.95,
+                        help="Videos: blend each frame with the previous output where the input did not change "
+                             "(0 off; 0.8 cuts flicker on still shots about 3x).")
+
+
+    smooth: float = SMOOTH_O,
+    if src.is_file() and src.suffix.lower() in VIDEO_SUFFIXES:  # a clip: frames in batches, audio copied
+        from model_store import video_cli
+
+        video_cli.run(model, src, dst, options, device, tile_pixels, 1, smooth=smooth)
+        return
+    if src.is_file() and src.suffix.lower() in VIDEO_SUFFIXES:  # a clip: frames in batches, audio copied
+        from model_store import video_cli
+
+        video_cli.run(name, src, dst, options, device, tile_pixels, factor)
+        return

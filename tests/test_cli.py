@@ -189,3 +189,110 @@ def test_models_show_unknown_model() -> None:
     result = invoke("models", "show", "no_such_model")
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit)
     assert "no_such_model" in result.output and "Traceback" not in result.output
+
+
+def test_folder_mode_is_recursive_names_outputs_and_skips_existing(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    (src / "trip").mkdir(parents=True)
+    (src / ".cache").mkdir()
+    random_image(src / "a.png", 20, 16)
+    random_image(src / "trip" / "b.jpg", 16, 20, seed=1)
+    random_image(src / ".cache" / "hidden.png", 8, 8)
+    (src / "trip" / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+
+    result = invoke("stylize", "--model", "muse", src, out)
+    assert result.exit_code == 1, result.output  # the bad file fails the run, after the good ones
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["a_muse.png", "trip/b_muse.jpg"]  # subfolders kept, NAME_<style>.ext, hidden skipped
+    assert "notes.txt" in result.output and "Traceback" not in result.output
+    assert "2 done, 0 skipped (output exists), 1 failed" in result.stdout
+
+    (out / "a_muse.png").write_bytes(b"kept")
+    result = invoke("stylize", "--model", "muse", src, out, "--skip-existing")
+    assert "0 done, 2 skipped (output exists), 1 failed" in result.stdout
+    assert (out / "a_muse.png").read_bytes() == b"kept"
+
+    (src / "trip" / "notes.txt").unlink()
+    result = invoke("upscale", src, out, "--suffix", "-big", "--format", "webp")
+    assert result.exit_code == 0, result.output
+    assert "2 done, 0 skipped (output exists), 0 failed" in result.stdout
+    with Image.open(out / "trip" / "b-big.webp") as im:
+        assert im.size == (64, 80)
+    assert (out / "a_x4.png").exists() is False  # --suffix replaced the default _x4
+
+
+def test_folder_mode_into_the_input_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    random_image(folder / "a.png", 16, 12)
+    result = invoke("stylize", "--model", "muse", folder, folder, "--suffix", "")
+    assert result.exit_code == 2 and "--suffix" in result.output  # would replace the inputs
+    for _ in range(2):  # the second run does not take the first run's output for an input
+        result = invoke("stylize", "--model", "muse", folder, folder)
+        assert result.exit_code == 0 and "1 done" in result.stdout, result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_muse.png"]
+
+
+def test_a_file_into_a_folder_gets_a_named_output(tmp_path: Path) -> None:
+    src = random_image(tmp_path / "in.jpg", 16, 12)
+    (tmp_path / "out").mkdir()
+    result = invoke("stylize", "--model", "muse", src, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "in_muse.jpg").is_file()
+
+
+def test_unexpected_errors_are_one_line_unless_debug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_store import pipeline
+
+    def boom(*args, **kwargs):
+        raise ValueError("something broke\nsecond line")
+
+    monkeypatch.setattr(pipeline, "load", boom)
+    src = random_image(tmp_path / "in.png", 16, 12)
+    result = invoke("stylize", "--model", "muse", src, tmp_path / "o.png")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.strip().splitlines() == [
+        "Error: ValueError: something broke (run `percept --debug ...` for the traceback)"]
+    result = invoke("--debug", "stylize", "--model", "muse", src, tmp_path / "o.png")
+    assert isinstance(result.exception, ValueError)  # --debug lets it through (typer prints the traceback)
+
+
+def _commands(command, path=()):
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+    if not hasattr(command, "commands"):
+        yield path, command
+
+
+def test_every_device_option_defaults_to_auto_and_flags_take_no_value() -> None:
+    import typer
+
+    devices = {" ".join(path): p.default for path, cmd in _commands(typer.main.get_command(app))
+               for p in cmd.params if p.name == "device"}
+    assert {"stylize", "upscale", "train style", "train sr", "eval sr", "optimize"} <= set(devices)
+    # serve/worker: None = PERCEPT_DEVICE, whose default is auto
+    assert {k: v for k, v in devices.items() if v not in ("auto", None)} == {}
+
+    result = invoke("upscale", "--help")
+    assert "--no-histmatch" in result.output and "<bool>" not in result.output
+    result = invoke("stylize", "--help")
+    assert "*  --model" in result.output  # required options are marked
+
+
+def test_upscale_factor_error_lists_only_sr_models(tmp_path: Path) -> None:
+    src = random_image(tmp_path / "in.png", 16, 12)
+    result = invoke("upscale", "--factor", "3", src, tmp_path / "o.png")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert "no x3 SR model" in text and "feat: x4, x8" in text and "pixel: x4" in text
+    assert "muse" not in text and "candy" not in text
+
+
+def test_models_list_tells_the_sr_losses_apart() -> None:
+    result = invoke("models", "list")
+    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:] if line.strip()}
+    assert lines["sr_x4"][2:5] == ["sr", "x4", "feat"] and lines["sr_x4_pixel"][2:5] == ["sr", "x4", "pixel"]
+    assert lines["muse"][3] == "-"
+    rows = {r["name"]: r for r in json.loads(invoke("models", "list", "--json").stdout)}
+    assert (rows["sr_x4"]["loss"], rows["sr_x4_pixel"]["loss"], rows["muse"]["loss"]) == ("feat", "pixel", None)

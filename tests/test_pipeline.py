@@ -111,7 +111,7 @@ def test_folder_run_skips_bad_files_and_says_so(tmp_path: Path) -> None:
     rgba_png(src / "c.png", seed=1)
     r = runner.invoke(app, ["stylize", str(src), str(tmp_path / "out"), "--model", "muse", "--format", "jpg"])
     assert r.exit_code == 1
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg", "c.jpg"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_muse.jpg", "c_muse.jpg"]  # NAME_<style>.ext
     assert "b.png" in r.output and "notes.txt" in r.output and "Traceback" not in r.output
 
 

@@ -247,16 +247,19 @@ def eval_sr(
     factor: int = typer.Option(4, "--factor", help="4 | 8"),
     data: list[Path] = typer.Option(..., "--data", exists=True, file_okay=False, help="HR image folder(s)."),
     degradation: str = typer.Option("paper", "--degradation", help="paper (blur sigma 1 + bicubic) | standard"),
-    histmatch: bool = typer.Option(False, "--histmatch", help="Match outputs' histograms to the LR inputs."),
-    device: str = typer.Option("cpu", "--device"),
+    histmatch: bool = typer.Option(False, "--histmatch/--no-histmatch",
+                                   help="Match outputs' histograms to the LR inputs."),
+    device: str = Device,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """PSNR / SSIM on the Y channel (BT.601), `factor` border pixels shaved, averaged over each folder."""
+    from model_store.inference import resolve_device
     from trainer.evaluate import evaluate_sr, format_sr_table
 
     try:
-        results = [evaluate_sr(model, factor, d, degradation, histmatch, device) for d in data]
-    except (ValueError, LookupError) as e:
+        dev = str(resolve_device(device))
+        results = [evaluate_sr(model, factor, d, degradation, histmatch, dev) for d in data]
+    except (ValueError, LookupError, RuntimeError) as e:
         raise typer.BadParameter(str(e)) from e
     typer.echo(json.dumps(results, indent=2) if as_json else format_sr_table(results))
 
