@@ -189,6 +189,13 @@ SRC_A = typer.Argument(..., exists=True, help="An image, or a folder of images (
 DST_A = typer.Argument(..., help="Output image (its suffix names the format), or a folder.")
 
 
+# Video suffixes (model_store.video.VIDEO_SUFFIXES, repeated so images never import PyAV).
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi")
+SMOOTH_O = typer.Option(0.0, "--smooth", min=0.0, max=0.95,
+                        help="Videos: blend each frame with the previous output where the input did not change "
+                             "(0 off; 0.8 cuts flicker on still shots about 3x).")
+
+
 def stylize(
     src: Path = SRC_A,
     dst: Path = DST_A,
@@ -203,11 +210,17 @@ def stylize(
     device: str = DEVICE_O,
     suffix: str = SUFFIX_O,
     skip_existing: bool = SKIP_O,
+    smooth: float = SMOOTH_O,
 ) -> None:
     """Stylize an image or a folder locally with the service's pipeline (same pixels as POST /stylize; no service
     needed). A folder's outputs are named NAME_<model>.ext under DST, subfolders kept."""
     options = Options(max_side=max_side, strength=strength, preserve_color=preserve_color, format=fmt,
                       quality=quality)
+    if src.is_file() and src.suffix.lower() in VIDEO_SUFFIXES:  # a clip: frames in batches, audio copied
+        from model_store import video_cli
+
+        video_cli.run(model, src, dst, options, device, tile_pixels, 1, smooth=smooth)
+        return
     _apply(model, src, dst, options, device, tile_pixels, 1, suffix, skip_existing)
 
 
@@ -249,22 +262,9 @@ def upscale(
     folder's outputs are named NAME_x<factor>.ext under DST, subfolders kept."""
     name = model or _sr_model(factor, loss)
     options = Options(max_side=max_side, histmatch=histmatch, format=fmt, quality=quality)
-    _apply(name, src, dst, options, device, tile_pixels, factor, suffix, skip_existing)
-# Video suffixes (model_store.video.VIDEO_SUFFIXES, repeated so images never import PyAV).
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi")
-SMOOTH_O = typer.Option(0.0, "--smooth", min=0.0, max=0.95,
-                        help="Videos: blend each frame with the previous output where the input did not change "
-                             "(0 off; 0.8 cuts flicker on still shots about 3x).")
-
-
-    smooth: float = SMOOTH_O,
-    if src.is_file() and src.suffix.lower() in VIDEO_SUFFIXES:  # a clip: frames in batches, audio copied
-        from model_store import video_cli
-
-        video_cli.run(model, src, dst, options, device, tile_pixels, 1, smooth=smooth)
-        return
     if src.is_file() and src.suffix.lower() in VIDEO_SUFFIXES:  # a clip: frames in batches, audio copied
         from model_store import video_cli
 
         video_cli.run(name, src, dst, options, device, tile_pixels, factor)
         return
+    _apply(name, src, dst, options, device, tile_pixels, factor, suffix, skip_existing)
