@@ -22,7 +22,7 @@ from imaging.tensors import Decoded
 from model_store import inference, store
 from model_store.networks import TransformNet
 from model_store.options import TILE_PIXELS, Options
-from model_store.tiling import run_net_tiled
+from model_store.tiling import Progress, run_net_tiled
 
 Forward = Callable[[TransformNet, torch.Tensor], torch.Tensor]
 
@@ -62,18 +62,31 @@ def needs_tiling(image: Decoded | torch.Tensor, factor: int, tile_pixels: int = 
 
 
 def infer(net: TransformNet, inputs: list[torch.Tensor], *, tile_pixels: int = TILE_PIXELS,
-          forward: Forward = inference.forward, half: bool = False) -> list[torch.Tensor]:
+          forward: Forward = inference.forward, half: bool = False,
+          progress: Progress | None = None) -> list[torch.Tensor]:
     """Same-size 1x3xHxW inputs -> outputs clamped to [0, 255], float32 on the CPU.
 
     Inputs whose output passes `tile_pixels` run one by one in tiles (style networks layer by layer under fp16
     autocast when `half`, on CUDA; SR networks tile by tile through `forward`); the others share one pass.
+    `progress(done, total)`: the work done over all inputs, after each tile (0 then 1 of 1 for one pass); an
+    exception it raises stops the work there.
     """
     factor = net.config.factor
     if needs_tiling(inputs[0], factor, tile_pixels):
         cuda_half = half and next(net.parameters()).device.type == "cuda"
-        return [run_net_tiled(net, x, budget_pixels=tile_pixels, forward=lambda t: forward(net, t).cpu(),
-                              dtype=torch.float16 if cuda_half else None).clamp(0, 255) for x in inputs]
-    return list(forward(net, torch.cat(inputs)).cpu().clamp(0, 255).split(1))
+        outs = []
+        for k, x in enumerate(inputs):
+            step = None if progress is None else (
+                lambda done, total, k=k: progress(k * total + done, len(inputs) * total))
+            outs.append(run_net_tiled(net, x, budget_pixels=tile_pixels, forward=lambda t: forward(net, t).cpu(),
+                                      dtype=torch.float16 if cuda_half else None, progress=step).clamp(0, 255))
+        return outs
+    if progress is not None:
+        progress(0, 1)
+    outs = list(forward(net, torch.cat(inputs)).cpu().clamp(0, 255).split(1))
+    if progress is not None:
+        progress(1, 1)
+    return outs
 
 
 def finish(image: Decoded, out: torch.Tensor, factor: int, options: Options) -> torch.Tensor:
@@ -89,9 +102,16 @@ def finish(image: Decoded, out: torch.Tensor, factor: int, options: Options) -> 
 
 
 def run(net: TransformNet, image: Decoded | torch.Tensor, options: Options = Options(), *,
-        tile_pixels: int = TILE_PIXELS, forward: Forward = inference.forward) -> torch.Tensor:
-    """`prepare`, `infer` and `finish` for one image; a bare tensor is an image without alpha."""
+        tile_pixels: int = TILE_PIXELS, forward: Forward | None = None) -> torch.Tensor:
+    """`prepare`, `infer` and `finish` for one image; a bare tensor is an image without alpha.
+
+    `forward` None: this machine's default backend (`backends.default_forward`: ``auto``, what a worker with the
+    default settings runs), so the CLI, the Python API and evaluation give the service's pixels.
+    """
+    from model_store import backends
+
     image = prepare(wrap(image) if isinstance(image, torch.Tensor) else image, options)
+    forward = forward or backends.default_forward(next(net.parameters()).device)
     (out,) = infer(net, [image.rgb], tile_pixels=tile_pixels, forward=forward)
     return finish(image, out.to(image.rgb.device), net.config.factor, options)
 

@@ -92,6 +92,9 @@ DEFAULT_RAMP = 32  # width of the cross-fade band used by run_net_tiled, in inpu
 DEFAULT_ALIGN = 4  # the style networks' total stride; harmless for SR networks
 
 TileFn = Callable[[torch.Tensor], torch.Tensor]
+# Called as progress(done, total) after each tile (and each layer step): a worker reports it, and may raise
+# from it to stop the computation there (a cancelled job).
+Progress = Callable[[int, int], None]
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -164,6 +167,7 @@ def run_tiled(
     *,
     margin: int | None = None,
     align: int = DEFAULT_ALIGN,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Apply `fn` to `image` (NxCxHxW) in overlapping tiles and stitch the outputs; returns Nx C' x H*factor x W*factor.
 
@@ -172,7 +176,7 @@ def run_tiled(
     discarded (default: overlap // 4) and the rest is cross-faded with a raised-cosine window. Tile origins are
     multiples of `align`. An image that fits in one tile is passed to `fn` whole, so the result is exactly
     ``fn(image)``. The stitched output is float32 (or `fn`'s dtype when wider) on `image`'s device; gradients
-    are not tracked.
+    are not tracked. `progress(done, total)` is called after each tile.
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or min(image.shape) < 1:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -194,15 +198,22 @@ def run_tiled(
 
     with torch.no_grad():
         if len(rows) == 1 and len(cols) == 1:
-            return call(0, h, 0, w)
+            whole = call(0, h, 0, w)
+            if progress is not None:
+                progress(1, 1)
+            return whole
         ramp = max(overlap - 2 * margin, 1)
         f = factor
         wy = [_window(y0, y1, h, f, margin, ramp) for y0, y1 in rows]
         wx = [_window(x0, x1, w, f, margin, ramp) for x0, x1 in cols]
         out: torch.Tensor | None = None
+        done = 0
         for (y0, y1), wyy in zip(rows, wy, strict=True):
             for (x0, x1), wxx in zip(cols, wx, strict=True):
                 piece = call(y0, y1, x0, x1)
+                if progress is not None:
+                    done += 1
+                    progress(done, len(rows) * len(cols))
                 if out is None:
                     dtype = torch.promote_types(piece.dtype, torch.float32)
                     out = torch.zeros((n, piece.shape[1], h * f, w * f), dtype=dtype, device=image.device)
@@ -392,8 +403,12 @@ class _LayerByLayer:
     over the whole map, as in the untiled pass, and normalizes it in place.
     """
 
-    def __init__(self, budget_pixels: int, output_pixels: int, device: torch.device, dtype: torch.dtype | None):
+    def __init__(self, budget_pixels: int, output_pixels: int, device: torch.device, dtype: torch.dtype | None,
+                 progress: Progress | None = None, convs: int = 1):
         self.budget, self.output_pixels = budget_pixels, output_pixels
+        # Progress in convolutions done of `convs`; reported after every tile too (the same count), so a caller
+        # that stops the work from its callback does not wait for a whole layer.
+        self.progress, self.convs, self.convs_done = progress, convs, 0
         self.device, self.dtype = device, dtype
         self.pad: tuple[int, int, int, int] | None = None  # pending ReflectionPad2d (left, right, top, bottom)
         self.up = 1  # pending nearest upsampling factor
@@ -478,6 +493,11 @@ class _LayerByLayer:
             for x0, x1 in _spans(wo, side):
                 cols = (x0 * sw - left, (x1 - 1) * sw + dw * (kw - 1) + 1 - left)
                 out[:, :, y0:y1, x0:x1] = self.run_conv(conv, _read(data, rows, cols, up))
+                if self.progress is not None:
+                    self.progress(self.convs_done, self.convs)
+        self.convs_done += 1
+        if self.progress is not None:
+            self.progress(self.convs_done, self.convs)
         return _Map(out)
 
     def run_conv(self, conv: nn.Conv2d, tile: torch.Tensor) -> torch.Tensor:
@@ -497,6 +517,7 @@ def run_layer_by_layer(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """`net`'s output for `image` (clamped to [0, 255], float32, on `image`'s device), computed layer by layer.
 
@@ -524,7 +545,8 @@ def run_layer_by_layer(
         x = image.detach().to("cpu", torch.float32) / 127.5 - 1.0
         if ph or pw:
             x = _reflect_pad(x, (0, pw, 0, ph))
-        run = _LayerByLayer(budget_pixels, x.shape[2] * x.shape[3] * f * f, device, dtype)
+        convs = sum(isinstance(m, nn.Conv2d) for m in net.modules())
+        run = _LayerByLayer(budget_pixels, x.shape[2] * x.shape[3] * f * f, device, dtype, progress, convs)
         y = _Map(x.contiguous())
         for part in (net.head, net.body, net.tail, net.output):
             y = run(part, y)
@@ -554,6 +576,7 @@ def run_net_tiled(
     forward: TileFn | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Run `net` on `image` within a per-pass pixel budget; float32, clamped to [0, 255], on `image`'s device.
 
@@ -568,7 +591,8 @@ def run_net_tiled(
     module docstring). Every other case goes through `run_tiled` with `forward` on overlapping tiles, with the
     margin (receptive radius) and alignment from `net_geometry` and a cross-fade `ramp`: exact for networks
     without instance norm (the SR networks); with `global_norm=False` each tile normalizes with its own
-    statistics (see the module docstring). No hooks are installed on `net`.
+    statistics (see the module docstring). No hooks are installed on `net`. `progress(done, total)`: called
+    after each tile (layer by layer: after each tile with the convolutions done of all), (1, 1) for one call.
     """
     factor = int(getattr(getattr(net, "config", None), "factor", 1))
     fn: TileFn = forward if forward is not None else _plain_forward(net)
@@ -576,10 +600,15 @@ def run_net_tiled(
     if global_norm and _instance_norms(net):
         budget = budget_pixels if budget_pixels else ((tile or DEFAULT_TILE) * factor) ** 2
         fits = not needs_tiling(h, w, factor, budget) if budget_pixels else max(h, w) <= (tile or DEFAULT_TILE)
-        out = fn(image) if fits else run_layer_by_layer(net, image, budget, device=device, dtype=dtype)
+        if fits:
+            out = fn(image)
+            if progress is not None:
+                progress(1, 1)
+        else:
+            out = run_layer_by_layer(net, image, budget, device=device, dtype=dtype, progress=progress)
     else:
         overlap, margin, align = net_geometry(net, ramp)
         if tile is None:
             tile = tile_for_budget(budget_pixels, factor, overlap, align) if budget_pixels else DEFAULT_TILE
-        out = run_tiled(fn, image, factor, tile, overlap, margin=margin, align=align)
+        out = run_tiled(fn, image, factor, tile, overlap, margin=margin, align=align, progress=progress)
     return out.float().clamp(0, 255).to(image.device)

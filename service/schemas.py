@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
@@ -14,6 +15,14 @@ class Error(BaseModel):
     """Every error answer: one sentence for a person to read."""
 
     detail: str = Field(..., examples=["unknown style 'van_gogh'; known styles: candy, mosaic, muse"])
+
+
+class JobProgress(BaseModel):
+    """How far the worker is: tiles (or layer steps) done of the total; one-pass jobs go from 0 to 1 of 1."""
+
+    done: int
+    total: int
+    fraction: float = Field(..., ge=0.0, le=1.0)
 
 
 class JobStatus(BaseModel):
@@ -33,10 +42,20 @@ class JobStatus(BaseModel):
     error: str | None = None
     result_url: str | None = Field(None, description="where the image is, once status is 'done'")
     worker: str | None = None
+    progress: JobProgress | None = Field(None, description="while running: the worker's last report")
+    eta_s: float | None = Field(None, description="while running: seconds left, from the time it has run so far "
+                                                  "and the fraction done (null until some of it is done)")
 
     @classmethod
-    def from_record(cls, rec: JobRecord) -> JobStatus:
+    def from_record(cls, rec: JobRecord, now: float | None = None) -> JobStatus:
         queued, started = rec.status is JobState.QUEUED, rec.started_at
+        progress, eta = None, None
+        if rec.status is JobState.RUNNING and rec.progress_total and rec.progress_done is not None:
+            fraction = min(1.0, max(0.0, rec.progress_done / rec.progress_total))
+            progress = JobProgress(done=rec.progress_done, total=rec.progress_total, fraction=round(fraction, 4))
+            if fraction > 0 and started:
+                elapsed = max(0.0, (time.time() if now is None else now) - started)
+                eta = round(elapsed * (1 - fraction) / fraction, 1)
         return cls(
             id=rec.id, status=rec.status, model=rec.model, position=rec.position if queued else None,
             created_at=rec.created_at, started_at=started, finished_at=rec.finished_at,
@@ -45,7 +64,7 @@ class JobStatus(BaseModel):
             # A queued job's error is the previous attempt's; it is retried, so it is not reported yet.
             error=rec.error if rec.status in (JobState.FAILED, JobState.CANCELLED) else None,
             result_url=f"/jobs/{rec.id}/result" if rec.status is JobState.DONE else None,
-            worker=rec.worker,
+            worker=rec.worker, progress=progress, eta_s=eta,
         )
 
 

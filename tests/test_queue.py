@@ -74,7 +74,7 @@ def test_records_round_trip_through_json():
 def test_backends_implement_the_protocol(backend: type) -> None:
     """Same methods with the same signatures as JobQueue (isinstance() alone checks only the names)."""
     members = [name for name, value in vars(JobQueue).items() if inspect.isfunction(value) and name[0] != "_"]
-    assert len(members) == 16
+    assert len(members) == 17
     for name in members:
         assert inspect.signature(getattr(backend, name)) == inspect.signature(getattr(JobQueue, name)), name
 
@@ -251,10 +251,10 @@ def test_an_ended_job_stays_ended(queue: JobQueue) -> None:
 # Cancel, list, expire, workers
 
 
-def test_cancel_a_queued_job_only(queue: JobQueue) -> None:
+def test_cancel_a_queued_job(queue: JobQueue) -> None:
+    """(A running job can be cancelled too: tests/test_job_progress.py.)"""
     running, queued = _submit(queue, 2)
     [job] = queue.reserve("w1", 1, 100)
-    assert not queue.cancel(running)
     assert queue.cancel(queued)
     rec = _status(queue, queued)
     assert (rec.status, rec.position, rec.error) == (JobState.CANCELLED, None, "cancelled by an administrator")
@@ -263,7 +263,7 @@ def test_cancel_a_queued_job_only(queue: JobQueue) -> None:
     assert queue.reserve("w1", 1, 50) == []
     assert not queue.cancel(queued)
     queue.complete(job, b"r", "image/png", 1.0, 1)
-    assert not queue.cancel(running)
+    assert not queue.cancel(running)  # ended
 
 
 def test_cancel_a_job_waiting_for_its_retry(queue: JobQueue) -> None:

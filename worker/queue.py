@@ -72,6 +72,10 @@ class QueueFull(Exception):
     """The bounded queue has no room; the API answers 503 with Retry-After."""
 
 
+class JobCancelled(Exception):
+    """Raised from a worker's progress callback when its job was cancelled: the computation stops at that tile."""
+
+
 class IdempotencyConflict(Exception):
     """An idempotency key already names a job with another model, parameters or upload; the API answers 409."""
 
@@ -110,6 +114,8 @@ class JobRecord:
     compute_ms: float | None = None  # the forward pass of the batch that held it
     batch_size: int | None = None  # jobs in that batch
     position: int | None = None  # jobs ahead of it while queued (0: next); None otherwise
+    progress_done: int | None = None  # work units (tiles, layer steps; 0 or 1 for one pass) done of the total
+    progress_total: int | None = None  # None until the worker reports; reset when a worker takes the job
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", JobState(self.status))  # "done" -> JobState.DONE: `is` comparisons hold
@@ -171,8 +177,9 @@ class JobQueue(Protocol):
         """The job once it has ended, or as it is after `timeout` seconds."""
         ...
 
-    def cancel(self, job_id: str) -> bool:
-        """Cancel a queued job; False when it is not queued (running, ended, unknown)."""
+    def cancel(self, job_id: str, reason: str = "cancelled by an administrator") -> bool:
+        """Cancel a queued or running job (a running one stops at its worker's next `progress` call; a result
+        it still delivers is dropped); False when it has ended or is unknown."""
         ...
 
     def list_jobs(self, limit: int = 100) -> list[JobRecord]:
@@ -201,6 +208,11 @@ class JobQueue(Protocol):
 
     def has_group(self) -> bool:
         """Whether a job submitted now can reach a worker (Redis: the consumer group exists)."""
+        ...
+
+    def progress(self, job_id: str, done: int, total: int) -> bool:
+        """Record a running job's progress; False when it is no longer running (cancelled, ended, expired): the
+        worker then stops computing it."""
         ...
 
     def complete(self, job: Reserved, result: bytes, media_type: str, compute_ms: float, batch_size: int) -> None: ...
@@ -327,14 +339,15 @@ class MemoryQueue:
             job.done.wait(max(0.0, timeout))
         return self.status(job_id)
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, reason: str = "cancelled by an administrator") -> bool:
         with self._cond:
             self._expire()
             job = self._jobs.get(job_id)
-            if job is None or job.record.status is not JobState.QUEUED:
+            if job is None or job.record.terminal:
                 return False
-            self._queue.remove(job_id)
-            self._finish(job_id, JobState.CANCELLED, error="cancelled by an administrator")
+            if job.record.status is JobState.QUEUED:
+                self._queue.remove(job_id)
+            self._finish(job_id, JobState.CANCELLED, error=reason)  # a running one: its worker stops at `progress`
             return True
 
     def list_jobs(self, limit: int = 100) -> list[JobRecord]:
@@ -367,7 +380,8 @@ class MemoryQueue:
                 job_id = self._queue.popleft()
                 job = self._jobs[job_id]
                 rec = dataclasses.replace(job.record, status=JobState.RUNNING, started_at=time.time(),
-                                          worker=consumer, attempts=job.record.attempts + 1)
+                                          worker=consumer, attempts=job.record.attempts + 1,
+                                          progress_done=None, progress_total=None)
                 job.record = rec
                 self._running.add(job_id)
                 self._touch(job_id)
@@ -382,6 +396,14 @@ class MemoryQueue:
 
     def has_group(self) -> bool:
         return True
+
+    def progress(self, job_id: str, done: int, total: int) -> bool:
+        with self._cond:
+            if not self._is_running(job_id):
+                return False
+            job = self._jobs[job_id]
+            job.record = dataclasses.replace(job.record, progress_done=done, progress_total=total)
+            return True
 
     def complete(self, job: Reserved, result: bytes, media_type: str, compute_ms: float, batch_size: int) -> None:
         with self._cond:
@@ -500,6 +522,7 @@ class RedisQueue:
                                            retry=Retry(NoBackoff(), 0))
         self.max_depth, self.ttl_s, self.max_attempts = max_depth, ttl_s, max_attempts
         self._group_ready = False
+        self._progress_script: Any = None
 
     @property
     def _ttl_ms(self) -> int:
@@ -654,11 +677,13 @@ class RedisQueue:
     def _block_chunk_s(self) -> float:
         return max(0.05, min(1.0, self.socket_timeout_s - 0.5))
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, reason: str = "cancelled by an administrator") -> bool:
         loaded = self._load(job_id)
-        if loaded is None or loaded[0].status is not JobState.QUEUED:
+        if loaded is None or loaded[0].terminal:
             return False
-        self._finish(job_id, JobState.CANCELLED, error="cancelled by an administrator")
+        # A running job: its worker sees the state at its next `progress` call and stops; its late `complete` or
+        # `fail` finds the job ended and changes nothing.
+        self._finish(job_id, JobState.CANCELLED, error=reason)
         self._ack(loaded[1])  # out of the stream now, so the depth no longer counts it
         return True
 
@@ -762,12 +787,21 @@ class RedisQueue:
                 continue
             pipe = self.r.pipeline()
             pipe.hset(self._key(job_id), mapping=_encode({"status": JobState.RUNNING.value,
-                                                          "started_at": time.time(), "worker": consumer}))
+                                                          "started_at": time.time(), "worker": consumer,
+                                                          "progress_done": None, "progress_total": None}))
             pipe.pexpire(self._key(job_id), self._ttl_ms)
             pipe.pexpire(self._key(job_id, "input"), self._ttl_ms)
             pipe.execute()
             out.append(Reserved(job_id, rec.model, rec.params, data, attempts, rec.created_at, sid))
         return out
+
+    def progress(self, job_id: str, done: int, total: int) -> bool:
+        # One round trip: the state as it is, and the progress written only while the job runs (HSET on a key
+        # that expired would leave a partial record behind).
+        script = self._progress_script
+        if script is None:
+            script = self._progress_script = self.r.register_script(_PROGRESS_LUA)
+        return bool(script(keys=[self._key(job_id)], args=[json.dumps(JobState.RUNNING.value), done, total]))
 
     def complete(self, job: Reserved, result: bytes, media_type: str, compute_ms: float, batch_size: int) -> None:
         loaded = self._load(job.id)
@@ -829,6 +863,14 @@ class RedisQueue:
         pipe.rpush(self._key(job_id, "done"), 1)
         pipe.pexpire(self._key(job_id, "done"), self._ttl_ms)
         pipe.execute()
+
+
+# KEYS[1] the job's hash; ARGV: the JSON of "running", done, total. 1 when the job runs (progress stored), else 0.
+_PROGRESS_LUA = """
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'progress_done', ARGV[2], 'progress_total', ARGV[3])
+return 1
+"""
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, str]:

@@ -29,7 +29,7 @@ from imaging.tensors import Decoded
 from model_store import inference, pipeline, store
 from model_store.networks import TransformNet
 from worker.batcher import collect
-from worker.queue import JobQueue, Reserved, open_queue
+from worker.queue import JobCancelled, JobQueue, Reserved, open_queue
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,9 @@ class Worker:
             batches = collect(reserve, self._prepare, lambda item: item.key, self.settings.max_batch_size,
                               self.settings.max_batch_delay_ms / 1000, first_wait_ms)
             for batch in batches:
-                self._run_batch(batch)
+                # Tiled jobs one at a time: each reports its own progress and stops alone when cancelled.
+                for part in ([[item] for item in batch] if batch[0].tiled else [batch]):
+                    self._run_batch(part)
         finally:
             self._release(taken)
         if batches:
@@ -270,7 +272,13 @@ class Worker:
         start = time.perf_counter()
         try:
             outputs = pipeline.infer(net, [i.image.rgb for i in batch], tile_pixels=self.settings.tile_pixels,
-                                     forward=self._forward, half=self.models.half)
+                                     forward=self._forward, half=self.models.half,
+                                     progress=self._progress([i.job for i in batch]))
+        except JobCancelled:
+            log.info("cancelled %s while running: stopped", ", ".join(i.job.id for i in batch))
+            for item in batch:  # ended already: this only acknowledges its queue entry
+                self.queue.fail(item.job, "cancelled", retry=False, status=410)
+            return
         except Exception as e:  # e.g. CUDA out of memory: let another attempt (or worker) try
             log.exception("forward pass failed for %s", model)
             for item in batch:
@@ -293,6 +301,17 @@ class Worker:
                 continue
             self.queue.complete(item.job, data, media_type, round(compute_ms, 3), len(batch))
             self.counters["jobs_done"] += 1
+
+    def _progress(self, jobs: list[Reserved]) -> pipeline.Progress:
+        """The pipeline's progress callback for a batch: stores (done, total) on each job and raises JobCancelled
+        (the work stops at this tile) once every job of the batch was cancelled."""
+
+        def report(done: int, total: int) -> None:
+            running = [self.queue.progress(job.id, done, total) for job in jobs]
+            if not any(running):
+                raise JobCancelled(", ".join(job.id for job in jobs))
+
+        return report
 
     def _fail(self, job: Reserved, error: str, retry: bool, status: int) -> None:
         """`status`: the HTTP status the API answers with: 4xx the input's fault, 503 the service's."""
