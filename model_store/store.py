@@ -10,10 +10,11 @@ Layout of a store root::
 Publishing writes a version into a temporary directory, fsyncs it and renames it into place, so a reader never
 sees half a model. Loading verifies the weights' sha256 against the manifest.
 
-Two roots are searched: the ``MODEL_STORE`` directory when that variable is set, then the built-in store shipped
-inside this package (so a fresh clone serves the built-in models with no configuration). A model name found in
-``MODEL_STORE`` hides the built-in model of the same name. Publishing goes to ``MODEL_STORE`` when set, else to
-the built-in store.
+Roots are searched in order: the ``MODEL_STORE`` directory when that variable is set, the user's store
+(``PERCEPT_USER_STORE``, default ``$XDG_DATA_HOME/percept/models``, i.e. ``~/.local/share/percept/models``), then
+the built-in store shipped inside this package (so a fresh clone serves the built-in models with no
+configuration). A model name found in an earlier root hides the same name in a later one. Publishing goes to
+``MODEL_STORE`` when set, else to the user's store: never into the package (a source checkout or site-packages).
 """
 
 from __future__ import annotations
@@ -90,14 +91,26 @@ class ModelVersion:
         return self.path / WEIGHTS_FILE
 
 
+def user_root() -> Path:
+    """The per-user store: PERCEPT_USER_STORE, else $XDG_DATA_HOME/percept/models (XDG's default for
+    XDG_DATA_HOME is ~/.local/share). Read from the environment on each call, like MODEL_STORE."""
+    explicit = os.environ.get("PERCEPT_USER_STORE")
+    if explicit:
+        return Path(explicit).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
+    return Path(data_home).expanduser() / "percept" / "models"
+
+
 def roots() -> list[Path]:
-    """Store roots in lookup order."""
+    """Store roots in lookup order: MODEL_STORE (when set), the user's store, the built-in store."""
     extra = os.environ.get("MODEL_STORE")
-    return ([Path(extra)] if extra else []) + [BUILTIN_ROOT]
+    return ([Path(extra)] if extra else []) + [user_root(), BUILTIN_ROOT]
 
 
 def publish_root() -> Path:
-    return roots()[0]
+    """Where `publish` writes: MODEL_STORE when set, else the user's store (created on first publish)."""
+    extra = os.environ.get("MODEL_STORE")
+    return Path(extra) if extra else user_root()
 
 
 def _versions_in(model_dir: Path) -> list[int]:

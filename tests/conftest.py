@@ -28,10 +28,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def tmp_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty MODEL_STORE root; publishing and lookups go there (the built-in store is still searched)."""
+    """An empty MODEL_STORE root; publishing and lookups go there (the built-in store is still searched, the
+    user's store is an empty folder of tmp_path, so models a developer published never leak into tests)."""
     root = tmp_path / "store"
     root.mkdir()
     monkeypatch.setenv("MODEL_STORE", str(root))
+    monkeypatch.setenv("PERCEPT_USER_STORE", str(tmp_path / "user_store"))
     return root
 
 

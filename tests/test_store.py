@@ -167,7 +167,28 @@ def test_publish_skips_a_leftover_version_directory(tmp_store: Path) -> None:
 
 
 def test_store_roots_follow_model_store(tmp_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert store.roots() == [tmp_store, store.BUILTIN_ROOT]
+    assert store.roots() == [tmp_store, store.user_root(), store.BUILTIN_ROOT]
     assert store.publish_root() == tmp_store
     monkeypatch.delenv("MODEL_STORE")
-    assert store.roots() == [store.BUILTIN_ROOT]
+    assert store.roots() == [store.user_root(), store.BUILTIN_ROOT]
+
+
+def test_publishing_without_model_store_goes_to_the_user_store(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("MODEL_STORE", "PERCEPT_USER_STORE", "XDG_DATA_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home_store = tmp_path / "home" / ".local" / "share" / "percept" / "models"
+    assert store.publish_root() == home_store and store.roots() == [home_store, store.BUILTIN_ROOT]
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    user = tmp_path / "xdg" / "percept" / "models"
+    builtin_before = sorted(p.name for p in store.BUILTIN_ROOT.iterdir())
+    entry = store.publish("mine", _net())
+    assert entry.path == user / "mine" / "1"  # not into the package (the source tree)
+    assert sorted(p.name for p in store.BUILTIN_ROOT.iterdir()) == builtin_before
+    assert "mine" in store.list_models() and store.get("mine").path == entry.path  # and it is searched
+    assert "muse" in store.list_models()  # the built-in models still are
+
+    monkeypatch.setenv("PERCEPT_USER_STORE", str(tmp_path / "elsewhere"))
+    assert store.publish_root() == tmp_path / "elsewhere" and "mine" not in store.list_models()

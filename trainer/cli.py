@@ -19,6 +19,12 @@ Device = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
 
 
 Queue = typer.Option(False, "--queue", help="Enqueue the run on Redis (REDIS_URL) for an RQ training worker.")
+Overwrite = typer.Option(False, "--overwrite", help="Replace the run already in the run folder (its log, "
+                         "checkpoints and previews); without it a reused name is refused.")
+
+
+def _abs(path: Path | None) -> str | None:
+    return str(path.expanduser().absolute()) if path else None
 Recipe = typer.Option("balanced", "--recipe", help="The style objective: balanced (every layer relative to its "
                       "target; the default) | paper (Johnson et al. exactly). docs/training.md says why.")
 ContentLayer = typer.Option(None, "--content-layer", help="relu1_2 | relu2_2 | relu3_3 | relu4_3 (default: the "
@@ -51,13 +57,17 @@ def _floats(text: str | None) -> list[float] | None:
         raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from e
 
 
-def _run(cfg: Any, resume: Path | None, overrides: dict[str, Any], queue: bool = False) -> None:
-    from trainer.train import resume_config, train
+def _run(cfg: Any, resume: Path | None, overrides: dict[str, Any], queue: bool = False,
+         overwrite: bool = False) -> None:
+    from trainer.train import RunExistsError, clear_run, resume_config, run_dir_for, run_exists, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if resume:
-        cfg = resume_config(resume, **overrides)
-    if queue:
+        try:
+            cfg = resume_config(resume, **overrides)
+        except (ValueError, KeyError, OSError) as e:
+            raise typer.BadParameter(str(e), param_hint="--resume") from None
+    if queue:  # the training worker picks the run folder (its PERCEPT_RUNS) unless --run-dir
         from trainer.jobs import QUEUE_NAME, enqueue
 
         redis_url = settings().redis_url
@@ -66,7 +76,19 @@ def _run(cfg: Any, resume: Path | None, overrides: dict[str, Any], queue: bool =
         job_id = enqueue(cfg.to_dict(), redis_url, str(resume) if resume else None)
         typer.echo(f"queued {job_id} on {QUEUE_NAME}; follow it with: percept train status {job_id}")
         return
-    summary = train(cfg, resume=resume)
+    run_dir = run_dir_for(cfg)
+    if not resume and run_exists(run_dir):
+        if not overwrite:
+            raise typer.BadParameter(
+                f"{run_dir} holds another run: choose another --name or --run-dir, continue it with --resume "
+                f"{run_dir / 'checkpoints' / 'last.pt'}, or pass --overwrite", param_hint="--name")
+        clear_run(run_dir)
+    cfg.run_dir = str(run_dir)
+    typer.echo(f"run folder: {run_dir}")  # at the start: checkpoints and previews appear there as it runs
+    try:  # an empty or missing --data folder is one line, and leaves no config.json
+        summary = train(cfg, resume=resume)
+    except (RunExistsError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e)) from None
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -84,7 +106,8 @@ def train_status(job_id: str) -> None:
 def _common(name: str, data: Path | None, iterations: int | None, batch_size: int, preset: str, width: float,
             lr: float, seed: int, device: str, amp: bool, workers: int, run_dir: Path | None, publish: bool,
             checkpoint_every: int, preview_every: int, val_every: int) -> dict[str, Any]:
-    return dict(name=name, data=str(data or settings().data_dir), iterations=iterations or 40_000,
+    # Absolute paths: config.json (and --resume) then work from any folder.
+    return dict(name=name, data=str((data or settings().data_dir).absolute()), iterations=iterations or 40_000,
                 batch_size=batch_size, preset=preset, width=width, lr=lr, seed=seed, device=device, amp=amp,
                 workers=workers, run_dir=str(run_dir) if run_dir else None, publish=publish,
                 checkpoint_every=checkpoint_every, preview_every=preview_every, val_every=val_every)
@@ -92,9 +115,12 @@ def _common(name: str, data: Path | None, iterations: int | None, batch_size: in
 
 @train_app.command("style")
 def train_style(
-    style_image: Path = typer.Option(None, "--style-image", exists=True, dir_okay=False, help="The style image."),
-    name: str = typer.Option(None, "--name", help="Model name (also the run folder's name)."),
-    data: Path = typer.Option(None, "--data", help="Training photos, recursive. (default: shared/data/train)"),
+    style_image: Path = typer.Option(None, "--style-image", exists=True, dir_okay=False,
+                                     help="The style image. [required unless --resume]"),
+    name: str = typer.Option(None, "--name", help="Model name (also the run folder's name). [required unless "
+                             "--resume]"),
+    data: Path = typer.Option(None, "--data", help="Training photos, recursive; with --resume, where the run's "
+                              "photos are now. (default: shared/data/train)"),
     iterations: int = typer.Option(None, "--iterations", help="Total iterations. (default: 40000)"),
     batch_size: int = typer.Option(4, "--batch-size"),
     image_size: int = typer.Option(256, "--image-size", help="Training crop side."),
@@ -116,12 +142,13 @@ def train_style(
     amp: bool = typer.Option(False, "--amp", help="Mixed precision: CUDA bf16 (else fp16), or bf16 on a CPU that "
                              "has it natively; fp32 fallback after repeated non-finite losses."),
     workers: int = typer.Option(2, "--workers", help="Data loader processes."),
-    run_dir: Path = typer.Option(None, "--run-dir", help="(default: runs/NAME)"),
+    run_dir: Path = typer.Option(None, "--run-dir", help="(default: ./runs/NAME, or $PERCEPT_RUNS/NAME)"),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
     preview_every: int = typer.Option(500, "--preview-every"),
     val_every: int = typer.Option(500, "--val-every"),
     publish: bool = typer.Option(False, "--publish", help="Publish to the model store when the run completes."),
     resume: Path = typer.Option(None, "--resume", exists=True, help="Continue from this checkpoint."),
+    overwrite: bool = Overwrite,
     queue: bool = Queue,
 ) -> None:
     """Train a style network (style relu1_2, relu2_2, relu3_3, relu4_3; content and TV). The recipe sets the
@@ -129,13 +156,14 @@ def train_style(
     from trainer.train import TrainConfig
 
     if resume:
-        overrides = dict(iterations=iterations, publish=publish or None, device=device, workers=workers)
+        overrides = dict(iterations=iterations, publish=publish or None, device=device, workers=workers,
+                         data=_abs(data), style_image=_abs(style_image), run_dir=_abs(run_dir))
         return _run(None, resume, overrides, queue)
     if not style_image or not name:
         raise typer.BadParameter("--style-image and --name are required (or --resume CHECKPOINT)")
     try:
         cfg = TrainConfig(
-            task="style", style_image=str(style_image), image_size=image_size, style_size=style_size, recipe=recipe,
+            task="style", style_image=_abs(style_image), image_size=image_size, style_size=style_size, recipe=recipe,
             content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
             content_layer=content_layer, layer_weights=_floats(layer_weights), normalization=normalization,
             init_from=init_from,
@@ -146,15 +174,17 @@ def train_style(
         cfg.network_config()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
-    _run(cfg, None, {}, queue)
+    _run(cfg, None, {}, queue, overwrite)
 
 
 @train_app.command("sr")
 def train_sr(
     factor: int = typer.Option(4, "--factor", help="4 | 8"),
     loss: str = typer.Option("feat", "--loss", help="feat (relu2_2 feature loss) | pixel (the baseline)"),
-    name: str = typer.Option(None, "--name"),
-    data: Path = typer.Option(None, "--data", help="Folder of training photos (recursive)."),
+    name: str = typer.Option(None, "--name", help="Model name (also the run folder's name). [required unless "
+                             "--resume]"),
+    data: Path = typer.Option(None, "--data", help="Folder of training photos (recursive); with --resume, where "
+                              "the run's photos are now."),
     iterations: int = typer.Option(None, "--iterations", help="(default: 40000)"),
     batch_size: int = typer.Option(4, "--batch-size"),
     image_size: int = typer.Option(288, "--image-size", help="HR patch side."),
@@ -167,19 +197,21 @@ def train_sr(
     device: str = Device,
     amp: bool = typer.Option(False, "--amp"),
     workers: int = typer.Option(2, "--workers"),
-    run_dir: Path = typer.Option(None, "--run-dir"),
+    run_dir: Path = typer.Option(None, "--run-dir", help="(default: ./runs/NAME, or $PERCEPT_RUNS/NAME)"),
     checkpoint_every: int = typer.Option(1000, "--checkpoint-every"),
     preview_every: int = typer.Option(500, "--preview-every"),
     val_every: int = typer.Option(500, "--val-every"),
     publish: bool = typer.Option(False, "--publish"),
-    resume: Path = typer.Option(None, "--resume", exists=True),
+    resume: Path = typer.Option(None, "--resume", exists=True, help="Continue from this checkpoint."),
+    overwrite: bool = Overwrite,
     queue: bool = Queue,
 ) -> None:
     """Train a super-resolution network on 288x288 patches (LR = blur sigma 1 + bicubic downsampling)."""
     from trainer.train import TrainConfig
 
     if resume:
-        overrides = dict(iterations=iterations, publish=publish or None, device=device, workers=workers)
+        overrides = dict(iterations=iterations, publish=publish or None, device=device, workers=workers,
+                         data=_abs(data), run_dir=_abs(run_dir))
         return _run(None, resume, overrides, queue)
     if factor not in (4, 8) or loss not in ("feat", "pixel"):
         raise typer.BadParameter("--factor must be 4 or 8 and --loss feat or pixel")
@@ -191,7 +223,7 @@ def train_sr(
         **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
                   publish, checkpoint_every, preview_every, val_every),
     )
-    _run(cfg, None, {}, queue)
+    _run(cfg, None, {}, queue, overwrite)
 
 
 def optimize(

@@ -27,8 +27,9 @@ class TrainerSettings(RedisSettings):
     vgg_convention: str = Field("auto", validation_alias="PERCEPT_VGG_CONVENTION")
     # Folder of training photos, searched recursively.
     data_dir: Path = Field(SHARED_DATA / "train", validation_alias="PERCEPT_DATA")
-    # Where runs write checkpoints, previews, logs and plots.
-    runs_dir: Path = Field(REPO_ROOT / "runs", validation_alias="PERCEPT_RUNS")
+    # Where runs write checkpoints, previews, logs and plots: ./runs of the folder `percept train` starts in (as
+    # pytorch/examples and most trainers do), never the source checkout; made absolute when read.
+    runs_dir: Path = Field(default_factory=lambda: Path("runs"), validation_alias="PERCEPT_RUNS")
     # Fixed content images shown in training previews.
     preview_dir: Path = Field(SHARED_DATA / "content", validation_alias="PERCEPT_PREVIEW_DIR")
 
@@ -36,6 +37,11 @@ class TrainerSettings(RedisSettings):
     @classmethod
     def _expand_user(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.absolute()  # config.json and resume then work from any folder
 
 
 def settings() -> TrainerSettings:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -308,7 +309,9 @@ def _distributed() -> tuple[int, int, int]:
 def resume_config(checkpoint: str | Path, **overrides: Any) -> TrainConfig:
     """The configuration a checkpoint was trained with; only its length and output options may change, so
     that the resumed run is the run that was interrupted."""
-    allowed = {"iterations", "publish", "run_dir", "device", "workers", "checkpoint_every", "preview_every"}
+    # data/style_image: the same files, moved (configs store absolute paths; a run resumed elsewhere may need new ones)
+    allowed = {"iterations", "publish", "run_dir", "device", "workers", "checkpoint_every", "preview_every", "data",
+               "style_image"}
     if set(overrides) - allowed:
         raise ValueError(f"a resumed run keeps its configuration; only {sorted(allowed)} can change")
     cfg = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"])
@@ -316,6 +319,32 @@ def resume_config(checkpoint: str | Path, **overrides: Any) -> TrainConfig:
         if v is not None:
             setattr(cfg, k, v)
     return cfg
+
+
+RUN_FILES = ("config.json", "log.jsonl", "losses.png", "checkpoints", "previews")  # what a run writes
+
+
+class RunExistsError(ValueError):
+    """A new run asked for a folder that holds another run (its log would be appended to, its last.pt replaced)."""
+
+
+def run_dir_for(cfg: TrainConfig) -> Path:
+    """The run's folder, absolute: --run-dir, else PERCEPT_RUNS (default ./runs of the current folder) / NAME."""
+    return Path(cfg.run_dir or settings().runs_dir / cfg.name).expanduser().absolute()
+
+
+def run_exists(run_dir: Path) -> bool:
+    return any((run_dir / f).exists() for f in RUN_FILES)
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what a run wrote there (--overwrite); anything else in the folder is left alone."""
+    for f in RUN_FILES:
+        path = run_dir / f
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def train(
@@ -341,11 +370,11 @@ def train(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
-    run_dir = Path(cfg.run_dir or settings().runs_dir / cfg.name)
+    run_dir = run_dir_for(cfg)
     cfg.run_dir = str(run_dir)
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if main_process and not ckpt and run_exists(run_dir):
+        raise RunExistsError(f"{run_dir} holds another run: choose another --name or --run-dir, continue it with "
+                             f"--resume {run_dir / 'checkpoints' / LAST_FILE}, or pass --overwrite")
 
     vgg = load_loss_network(cfg.vgg_weights, random_weights=cfg.random_vgg).to(device)
     losses = Losses(cfg, vgg, device)
@@ -382,6 +411,9 @@ def train(
     val_batches = [torch.stack([val_set[i] for i in range(j, min(j + cfg.batch_size, len(val_set)))])
                    for j in range(0, len(val_set), cfg.batch_size)]
     previews = _preview_images(cfg, device) if main_process else None
+    if main_process:  # only once everything has loaded: a failed start leaves no config.json behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     log_path = run_dir / "log.jsonl"
     ckpt_path = run_dir / "checkpoints" / LAST_FILE
