@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import replace
@@ -141,6 +142,7 @@ def _apply(model: str, src: Path, dst: Path, options: Options, device: str, tile
     todo = [(a, b) for a, b in pairs if not (skip_existing and b.exists())]
     skipped = len(pairs) - len(todo)
     net, label = _load(model, device)
+    others = functools.cache(lambda name: _load(name, device)[0])  # the dials' other networks, loaded once
     if net.config.factor != factor:
         what = "a style model" if net.config.factor == 1 else f"an x{net.config.factor} SR model"
         raise typer.BadParameter(f"{model} is {what}; this command needs " + (
@@ -152,7 +154,7 @@ def _apply(model: str, src: Path, dst: Path, options: Options, device: str, tile
             try:
                 image = tensors.read(a)
                 fmt = codec.format_for_path(b)
-                result = pipeline.run(net, image, options, tile_pixels=tile_pixels)
+                result = pipeline.run(net, image, options, tile_pixels=tile_pixels, get=others)
                 data, _ = pipeline.encode(result, image, replace(options, format=fmt))
             except codec.ImageError as e:
                 bar.write(f"failed: {e.message}", file=sys.stderr)
@@ -211,11 +213,14 @@ def stylize(
     suffix: str = SUFFIX_O,
     skip_existing: bool = SKIP_O,
     smooth: float = SMOOTH_O,
+    stroke: float = typer.Option(1.0, "--stroke", min=1.0, max=4.0,
+                                 help="Brush strokes this many times larger (1..4): stylized at 1/stroke of the "
+                                      "size, then brought back by the pixel-loss SR network."),
 ) -> None:
     """Stylize an image or a folder locally with the service's pipeline (same pixels as POST /stylize; no service
     needed). A folder's outputs are named NAME_<model>.ext under DST, subfolders kept."""
     options = Options(max_side=max_side, strength=strength, preserve_color=preserve_color, format=fmt,
-                      quality=quality)
+                      quality=quality, stroke=stroke)
     if src.is_file() and src.suffix.lower() in VIDEO_SUFFIXES:  # a clip: frames in batches, audio copied
         from model_store import video_cli
 
@@ -250,6 +255,9 @@ def upscale(
     model: str = typer.Option(None, "--model", help="An SR model or checkpoint (default: from --factor, --loss)."),
     histmatch: bool = typer.Option(False, "--histmatch/--no-histmatch",
                                    help="Match the output's histogram to the input's."),
+    detail: float = typer.Option(None, "--detail", min=0.0, max=1.0,
+                                 help="0 faithful (the pixel-loss net) .. 1 sharp (the feature-loss net fine-tuned "
+                                      "from it), interpolated in between; overrides --loss."),
     max_side: int = MAX_SIDE_O,
     fmt: str = FORMAT_O,
     quality: int = QUALITY_O,
@@ -260,8 +268,13 @@ def upscale(
 ) -> None:
     """Upscale an image or a folder locally with the service's pipeline (same pixels as POST /upscale). A
     folder's outputs are named NAME_x<factor>.ext under DST, subfolders kept."""
+    if detail is not None and not model:
+        try:
+            model = store.sr_detail_pair(factor)[1]
+        except store.ModelStoreError as e:
+            raise typer.BadParameter(str(e), param_hint="--detail") from None
     name = model or _sr_model(factor, loss)
-    options = Options(max_side=max_side, histmatch=histmatch, format=fmt, quality=quality)
+    options = Options(max_side=max_side, histmatch=histmatch, format=fmt, quality=quality, detail=detail)
     if src.is_file() and src.suffix.lower() in VIDEO_SUFFIXES:  # a clip: frames in batches, audio copied
         from model_store import video_cli
 

@@ -22,5 +22,11 @@ class Options:
     histmatch: bool = False  # match the output's colour histogram to the input's
     format: str | None = None  # png | jpeg | webp; None = the input's when it is one of those, else png
     quality: int | None = None  # JPEG/WEBP quality, 1..100 (default 90)
+    # SR: None = the named model as is; 0..1 = network interpolation between the pixel-loss network (0, faithful)
+    # and the feature-loss network fine-tuned from it (1, sharp): model_store.pipeline.detail_net.
+    detail: float | None = None
+    # Styles: brush strokes this many times larger: stylize at 1/stroke of the size, then bring the result back
+    # with the pixel-loss SR network (model_store.pipeline.infer_with). 1 = off.
+    stroke: float = 1.0
 
 

@@ -12,6 +12,9 @@ The worker (API jobs), the CLI (`percept stylize/upscale`), `percept eval`/`repo
 
 from __future__ import annotations
 
+import copy
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,8 +105,10 @@ def finish(image: Decoded, out: torch.Tensor, factor: int, options: Options) -> 
 
 
 def run(net: TransformNet, image: Decoded | torch.Tensor, options: Options = Options(), *,
-        tile_pixels: int = TILE_PIXELS, forward: Forward | None = None) -> torch.Tensor:
-    """`prepare`, `infer` and `finish` for one image; a bare tensor is an image without alpha.
+        tile_pixels: int = TILE_PIXELS, forward: Forward | None = None,
+        get: Callable[[str], TransformNet] | None = None) -> torch.Tensor:
+    """`prepare`, `infer` and `finish` for one image; a bare tensor is an image without alpha. `get` loads the
+    other store models the dials (`detail`, `stroke`) need.
 
     `forward` None: this machine's default backend (`backends.default_forward`: ``auto``, what a worker with the
     default settings runs), so the CLI, the Python API and evaluation give the service's pixels.
@@ -112,10 +117,88 @@ def run(net: TransformNet, image: Decoded | torch.Tensor, options: Options = Opt
 
     image = prepare(wrap(image) if isinstance(image, torch.Tensor) else image, options)
     forward = forward or backends.default_forward(next(net.parameters()).device)
-    (out,) = infer(net, [image.rgb], tile_pixels=tile_pixels, forward=forward)
+    (out,) = infer_with(net, [image.rgb], options, get, tile_pixels=tile_pixels, forward=forward)
     return finish(image, out.to(image.rgb.device), net.config.factor, options)
 
 
 def encode(result: torch.Tensor, image: Decoded, options: Options) -> tuple[bytes, str]:
     """The finished result as bytes in the requested format (default: the input's, else PNG)."""
     return tensors.encode(result, codec.output_format(options.format, image.format), options.quality)
+
+
+# The dials -------------------------------------------------------------------------------------------------
+# Interpolated networks kept per (pixel net, feat net, detail): building one copies ~1.7 MB of weights and
+# takes milliseconds, but a request must not pay it every time nor let a client grow memory without bound
+# (detail is a float: 2 decimals are kept, so at most 101 values per pair; the 16 most recent stay).
+BLEND_CACHE = 16
+_blends: OrderedDict[tuple[int, int, float], tuple[TransformNet, TransformNet, TransformNet]] = OrderedDict()
+_blends_lock = threading.Lock()
+STROKES = (1.0, 4.0)  # the stroke dial's range: 4 is the largest pixel-loss SR factor shipped
+
+
+def detail_net(pixel: TransformNet, feat: TransformNet, detail: float) -> TransformNet:
+    """Network interpolation (Wang et al., ESRGAN): weights (1 - detail) * pixel + detail * feat, cached.
+    0 and 1 return the networks themselves (bit-identical outputs). Raises ValueError for two architectures."""
+    if not 0.0 <= detail <= 1.0:
+        raise ValueError(f"detail must be between 0 and 1, got {detail}")
+    if pixel.config != feat.config:
+        raise ValueError(f"detail needs two networks of one architecture, got {pixel.config} and {feat.config}")
+    detail = round(detail, 2)
+    if detail in (0.0, 1.0):
+        return pixel if detail == 0.0 else feat
+    key = (id(pixel), id(feat), detail)
+    with _blends_lock:
+        hit = _blends.get(key)
+        if hit is not None and hit[0] is pixel and hit[1] is feat:  # ids of live objects (the entry holds them)
+            _blends.move_to_end(key)
+            return hit[2]
+    a, b = pixel.state_dict(), feat.state_dict()
+    net = copy.deepcopy(feat)
+    net.load_state_dict({k: (a[k].float() * (1.0 - detail) + b[k].float() * detail).to(b[k].dtype) for k in b})
+    net.eval()
+    with _blends_lock:
+        _blends[key] = (pixel, feat, net)
+        while len(_blends) > BLEND_CACHE:
+            _blends.popitem(last=False)
+    return net
+
+
+GetNet = Callable[[str], TransformNet]
+
+
+def dialled(net: TransformNet, options: Options, get: GetNet | None) -> tuple[TransformNet, TransformNet | None]:
+    """(the network to run, the SR network the stroke dial needs or None). `net` is the model the request named
+    (for `detail`: the feature-loss SR model); `get` loads another store model by name."""
+    factor = net.config.factor
+    if options.detail is not None and factor > 1:
+        if get is None:
+            raise ValueError("detail needs the store's pixel-loss network")
+        pixel, _ = store.sr_detail_pair(factor)
+        return detail_net(get(pixel), net, options.detail), None
+    if options.stroke != 1.0 and factor == 1:
+        if not STROKES[0] <= options.stroke <= STROKES[1]:
+            raise ValueError(f"stroke must be between {STROKES[0]:g} and {STROKES[1]:g}, got {options.stroke:g}")
+        if get is None:
+            raise ValueError("stroke needs the store's pixel-loss SR network")
+        return net, get(store.sr_model_name(stroke_factor(options.stroke), "pixel"))
+    return net, None
+
+
+def stroke_factor(stroke: float) -> int:
+    """The SR factor the stroke dial uses: the smallest shipped pixel-loss factor >= stroke (x4 for 1 < S <= 4;
+    the remainder is an antialiased bicubic downsample, which loses nothing the SR net made up)."""
+    return 4
+
+
+def infer_with(net: TransformNet, inputs: list[torch.Tensor], options: Options, get: GetNet | None = None,
+               **kw) -> list[torch.Tensor]:
+    """`infer` with the dials applied: `detail` runs the interpolated SR network; `stroke` S stylizes at 1/S
+    of the input's size, super-resolves the result and resizes it to exactly the input's size."""
+    net, sr = dialled(net, options, get)
+    if sr is None:
+        return infer(net, inputs, **kw)
+    h, w = inputs[0].shape[-2:]
+    small = [tensors.resize(x, (max(1, round(h / options.stroke)), max(1, round(w / options.stroke))))
+             for x in inputs]
+    big = infer(sr, infer(net, small, **kw), **kw)
+    return [tensors.resize(b, (h, w)) for b in big]

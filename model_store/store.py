@@ -271,6 +271,22 @@ def sr_loss(name: str, factor: int) -> str | None:
     return next((loss for loss in SR_LOSSES if name == sr_model_name(factor, loss)), None)
 
 
+def sr_detail_pair(factor: int) -> tuple[str, str]:
+    """(pixel-loss model, feature-loss model) that the detail dial interpolates at this factor. Network
+    interpolation only makes sense when the feature-loss network was fine-tuned from the pixel-loss one (ESRGAN's
+    finding; two independently trained nets average to noise), so the feat model's manifest must name the pixel
+    model as its `init_from`. Raises ModelStoreError with a one-line reason otherwise."""
+    pixel, feat = sr_model_name(factor, "pixel"), sr_model_name(factor, "feat")
+    for name in (pixel, feat):
+        if name not in list_models():
+            raise ModelNotFound(f"detail needs both {pixel} and {feat}; there is no {name}")
+    parent = str(get(feat).manifest.get("training", {}).get("init_from") or "")
+    if parent.partition("@")[0] != pixel:
+        raise ModelStoreError(f"detail needs {feat} fine-tuned from {pixel}; {feat} v{default_version(feat)} "
+                              f"was trained {'from ' + parent if parent else 'from scratch'}")
+    return pixel, feat
+
+
 def _writable_dir(name: str) -> Path:
     model_dir = _model_dir(name)
     if model_dir is None:

@@ -23,24 +23,30 @@ __all__ = ["stylize", "upscale"]
 
 
 def stylize(image: str | Path | Image.Image, model: str = "muse", *, strength: float = 1.0,
-            preserve_color: bool = False, max_side: int | None = None, device: str = "cpu") -> Image.Image:
+            preserve_color: bool = False, max_side: int | None = None, stroke: float = 1.0,
+            device: str = "cpu") -> Image.Image:
     """`image` (a path or a PIL image) in the style of `model` (a style name, ``name@version`` or a .pt
-    checkpoint). Alpha is kept; returns an RGB or RGBA PIL image."""
+    checkpoint). `stroke` 1..4: brush strokes that many times larger (stylized at 1/stroke of the size, then
+    super-resolved back). Alpha is kept; returns an RGB or RGBA PIL image."""
     from model_store.options import Options
 
-    return _run(image, model, 1, Options(max_side=max_side, strength=strength, preserve_color=preserve_color),
-                device)
+    return _run(image, model, 1, Options(max_side=max_side, strength=strength, preserve_color=preserve_color,
+                                         stroke=stroke), device)
 
 
 def upscale(image: str | Path | Image.Image, factor: int = 4, *, loss: str = "feat", model: str | None = None,
-            histmatch: bool = False, max_side: int | None = None, device: str = "cpu") -> Image.Image:
+            detail: float | None = None, histmatch: bool = False, max_side: int | None = None,
+            device: str = "cpu") -> Image.Image:
     """`image` enlarged `factor` times by the super-resolution model for `loss` (``feat``: sharper, ``pixel``:
-    more faithful), or by `model`. Returns an RGB or RGBA PIL image."""
+    more faithful), or by `model`. `detail` 0..1 dials between the two (0 = pixel, 1 = feat; overrides
+    `loss`). Returns an RGB or RGBA PIL image."""
     from model_store import store
     from model_store.options import Options
 
+    if detail is not None:
+        model = store.sr_detail_pair(factor)[1]
     return _run(image, model or store.sr_model_name(factor, loss), factor,
-                Options(max_side=max_side, histmatch=histmatch), device)
+                Options(max_side=max_side, histmatch=histmatch, detail=detail), device)
 
 
 @lru_cache(maxsize=8)
@@ -64,4 +70,4 @@ def _run(image: str | Path | Image.Image, model: str, factor: int, options, devi
         decoded = tensors.from_checked(codec.Checked(image.copy(), "png"))
     else:
         decoded = tensors.read(image)
-    return tensors.to_pil(pipeline.run(net, decoded, options))
+    return tensors.to_pil(pipeline.run(net, decoded, options, get=lambda name: _network(name, device)))

@@ -67,14 +67,26 @@ def result_response(rec: JobRecord, data: bytes) -> Response:
     return Response(data, media_type=media_type, headers=headers)
 
 
+CLIENT_LEFT = "cancelled: the client disconnected before the result was ready"
+
+
 async def wait_for_job(state: ServiceState, job_id: str, timeout: float, request: Request) -> JobRecord | None:
-    """Block (in a worker thread, a second at a time) until the job ends, `timeout` passes or the client leaves."""
+    """Block (in a worker thread, a second at a time) until the job ends, `timeout` passes or the client leaves.
+
+    A client that leaves (closed the connection: Ctrl-C on curl, a closed tab) cancels its job: nobody is left to
+    receive the result (a queued job never runs; a running one stops at its next tile)."""
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         chunk = max(0.0, min(remaining, 1.0))
         rec = await anyio.to_thread.run_sync(state.queue.wait, job_id, chunk, limiter=state.wait_limiter)
-        if rec is None or rec.terminal or remaining <= 1.0 or await request.is_disconnected():
+        if rec is None or rec.terminal:
+            return rec
+        if await request.is_disconnected():
+            if await anyio.to_thread.run_sync(state.queue.cancel, job_id, CLIENT_LEFT):
+                log.info("job %s cancelled: its client disconnected", job_id)
+            return await anyio.to_thread.run_sync(state.queue.status, job_id)
+        if remaining <= 1.0:
             return rec
 
 

@@ -3,7 +3,7 @@
 Public (``public_api_key`` when set)::
 
     POST /stylize?style=NAME       POST /upscale?factor=4|8[&loss=pixel]   image in, image out (or 202 + job)
-    GET  /jobs/{id}                GET  /jobs/{id}/result
+    GET  /jobs/{id}                GET  /jobs/{id}/result         DELETE /jobs/{id} (cancel)
     GET  /styles                   GET  /styles/{name}/thumbnail   GET /models
 
 Probes: ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. Admin (``Authorization: Bearer <api_key>``):
@@ -50,7 +50,8 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": Error, "description": "missing or wrong API key (when PERCEPT_PUBLIC_API_KEY is set)"},
     404: {"model": Error, "description": "unknown style, or no super-resolution model for the factor"},
     409: {"model": Error, "description": "the Idempotency-Key was used for a different request"},
-    410: {"model": Error, "description": "the job was cancelled by an administrator, or its result was dropped"},
+    410: {"model": Error, "description": "the job was cancelled (DELETE /jobs/{id}, an administrator), or its "
+                                         "result was dropped"},
     413: {"model": Error, "description": "upload too large (bytes or pixels), or the output would be"},
     415: {"model": Error, "description": "not an image type the service reads"},
     422: {"model": Error, "description": "invalid query parameters, or an input the worker could not process"},
@@ -173,10 +174,26 @@ def _job_or_404(queue: JobQueue, job_id: str) -> JobRecord:
 
 @public.get("/jobs/{job_id}", tags=["jobs"], response_model=JobStatus, responses={404: {"model": Error}})
 def job_status(job_id: str, state: ServiceState = Depends(get_state)) -> JobStatus:
-    """A job's state, its place in the queue and its timings."""
+    """A job's state, its place in the queue, its timings and, while it runs, its progress and ETA."""
     rec = _job_or_404(state.queue, job_id)
     state.metrics.observe_job(rec)
     return JobStatus.from_record(rec)
+
+
+@public.delete("/jobs/{job_id}", tags=["jobs"], response_model=JobStatus,
+               responses={404: {"model": Error}, 409: {"model": Error}})
+def delete_job(job_id: str, state: ServiceState = Depends(get_state)) -> JobStatus:
+    """Cancel a queued or running job (a running one stops at its next tile). The job id is the capability:
+    whoever submitted the job (and so knows its id) can cancel it; /admin/jobs lists every job's id."""
+    return _cancel(state.queue, job_id, "cancelled by its submitter")
+
+
+def _cancel(queue: JobQueue, job_id: str, reason: str) -> JobStatus:
+    _job_or_404(queue, job_id)
+    if not queue.cancel(job_id, reason):
+        rec = _job_or_404(queue, job_id)
+        raise HTTPException(409, f"job {job_id} has already ended ({rec.status}): nothing to cancel")
+    return JobStatus.from_record(_job_or_404(queue, job_id))
 
 
 @public.get("/jobs/{job_id}/result", tags=["jobs"], response_class=Response, responses={
@@ -461,12 +478,8 @@ def admin_jobs(limit: int = Query(100, ge=1, le=1000), state: ServiceState = Dep
 @admin.post("/jobs/{job_id}/cancel", response_model=JobStatus,
             responses={404: {"model": Error}, 409: {"model": Error}})
 def cancel_job(job_id: str, state: ServiceState = Depends(get_state)) -> JobStatus:
-    """Cancel a queued job (a running one finishes)."""
-    _job_or_404(state.queue, job_id)
-    if not state.queue.cancel(job_id):
-        rec = _job_or_404(state.queue, job_id)
-        raise HTTPException(409, f"job {job_id} is {rec.status}: only queued jobs can be cancelled")
-    return JobStatus.from_record(_job_or_404(state.queue, job_id))
+    """Cancel any queued or running job (a running one stops at its next tile)."""
+    return _cancel(state.queue, job_id, "cancelled by an administrator")
 
 
 @admin.get("/workers", response_model=list[WorkerInfo])

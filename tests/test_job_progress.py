@@ -216,3 +216,98 @@ def test_get_job_shows_progress_and_eta(api: tuple[TestClient, JobQueue]) -> Non
     body = client.get(f"/jobs/{job_id}").json()
     assert body["progress"] == {"done": 1, "total": 4, "fraction": 0.25}
     assert 0.5 <= body["eta_s"] < 30  # three times the 0.2 s (or more) the first quarter took
+
+
+def test_the_submitter_cancels_a_queued_job(api: tuple[TestClient, JobQueue]) -> None:
+    client, queue = api
+    job_id = queue.submit("muse", JobParams(), b"x")
+    r = client.delete(f"/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled" and r.json()["error"] == "cancelled by its submitter"
+    assert queue.depth() == 0 and queue.reserve("w1", 1, 50) == []  # never runs
+    again = client.delete(f"/jobs/{job_id}")
+    assert again.status_code == 409 and "already ended" in again.json()["detail"]
+    assert client.delete(f"/jobs/{'f' * 32}").status_code == 404
+    assert client.delete("/jobs/not-a-job-id").status_code == 404
+    assert client.get(f"/jobs/{job_id}/result").status_code == 410
+    done = queue.submit("muse", JobParams(), b"y")
+    [job] = queue.reserve("w1", 1, 100)
+    queue.complete(job, b"img", "image/png", 1.0, 1)
+    assert client.delete(f"/jobs/{done}").status_code == 409  # finished: its result stays
+
+
+def test_cancel_needs_the_public_key_when_one_is_set() -> None:
+    queue = MemoryQueue()
+    settings = ServiceSettings(api_key=KEY, public_api_key="public-key")
+    with TestClient(create_app(settings, queue=queue, start_worker=False)) as client:
+        ids = [queue.submit("muse", JobParams(), b"x") for _ in range(2)]
+        assert client.delete(f"/jobs/{ids[0]}").status_code == 401
+        assert client.delete(f"/jobs/{ids[0]}", headers={"X-API-Key": "public-key"}).status_code == 200
+        admin = client.delete(f"/jobs/{ids[1]}", headers={"Authorization": f"Bearer {KEY}"})  # the admin key: any
+        assert admin.status_code == 200 and admin.json()["status"] == "cancelled"
+
+
+def test_the_submitter_cancels_a_running_tiled_job(slow_sr) -> None:
+    queue, worker, tiles = slow_sr
+    with TestClient(create_app(ServiceSettings(), queue=queue, start_worker=False)) as client:
+        job_id = queue.submit("tiny-sr", JobParams(), _png(160, 160))
+        thread = _run_in_thread(worker)
+        wait_until(lambda: (client.get(f"/jobs/{job_id}").json()["progress"] or {}).get("done", 0) >= 1, 20,
+                   "the first tile")
+        r = client.delete(f"/jobs/{job_id}")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        thread.join(10)
+        assert not thread.is_alive()
+        total = queue.status(job_id).progress_total
+        assert total and len(tiles) < total
+        assert client.get(f"/jobs/{job_id}/result").status_code == 410
+
+
+class _LeavingClient:
+    """A request whose client has closed its connection (what Starlette reports after an http.disconnect)."""
+
+    async def is_disconnected(self) -> bool:
+        return True
+
+
+def test_a_sync_request_whose_client_leaves_cancels_its_job(queue: JobQueue) -> None:
+    import anyio
+
+    from service.jobs import CLIENT_LEFT, wait_for_job
+
+    queued = queue.submit("muse", JobParams(), b"x")
+    running = queue.submit("muse", JobParams(), b"y")
+    queue.reserve("w1", 1, 100)  # takes `queued` (the oldest)
+    for job_id in (queued, running):
+        state = type("State", (), {"queue": queue, "wait_limiter": None})()
+        start = time.monotonic()
+        rec = anyio.run(wait_for_job, state, job_id, 30.0, _LeavingClient())
+        assert time.monotonic() - start < 5  # noticed within a wait chunk, not after the 30 s
+        assert rec is not None and rec.status is JobState.CANCELLED and rec.error == CLIENT_LEFT
+    assert queue.depth() == 0
+    assert not queue.progress(queued, 1, 2)  # its worker stops at the next tile
+
+
+def test_closing_the_connection_cancels_the_job_over_real_http() -> None:
+    """The same through uvicorn: curl's Ctrl-C (here an httpx timeout) closes the socket; the job is cancelled."""
+    import httpx
+    import uvicorn
+
+    queue = MemoryQueue()
+    server = uvicorn.Server(uvicorn.Config(create_app(ServiceSettings(), queue=queue, start_worker=False),
+                                           host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started and server.servers, 20, "uvicorn")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"http://127.0.0.1:{port}/stylize", params={"style": "muse", "wait": 20},
+                       content=_png(32, 32), headers={"Content-Type": "image/png"}, timeout=1.0)
+        [rec] = queue.list_jobs()
+        cancelled = wait_until(lambda: (r := queue.status(rec.id)) and r.status is JobState.CANCELLED and r, 10,
+                               "the job cancelled")
+        assert "disconnected" in (cancelled.error or "")
+    finally:
+        server.should_exit = True
+        thread.join(10)

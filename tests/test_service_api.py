@@ -310,7 +310,7 @@ def test_failed_and_cancelled_jobs(idle: tuple[TestClient, MemoryQueue]) -> None
     auth = {"Authorization": f"Bearer {KEY}"}
     cancelled = client.post(f"/admin/jobs/{job_id}/cancel", headers=auth)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    assert_error(client.post(f"/admin/jobs/{job_id}/cancel", headers=auth), 409, "only queued")
+    assert_error(client.post(f"/admin/jobs/{job_id}/cancel", headers=auth), 409, "already ended")
     assert_error(client.post(f"/admin/jobs/{'f' * 32}/cancel", headers=auth), 404)
     assert_error(client.get(f"/jobs/{job_id}/result"), 410, "cancelled")
     listed = client.get("/admin/jobs", headers=auth)

@@ -188,7 +188,14 @@ def train_sr(
     iterations: int = typer.Option(None, "--iterations", help="(default: 40000)"),
     batch_size: int = typer.Option(4, "--batch-size"),
     image_size: int = typer.Option(288, "--image-size", help="HR patch side."),
-    tv_weight: float = typer.Option(0.0, "--tv-weight"),
+    tv_weight: float = typer.Option(0.0, "--tv-weight", help="lambda_TV (total variation, summed per image)"),
+    pixel_weight: float = typer.Option(0.0, "--pixel-weight",
+                                       help="With --loss feat: weight of an added pixel (MSE) term (0 = off)"),
+    feat_weight: float = typer.Option(1.0, "--feat-weight", help="With --loss feat: weight of the feature loss"),
+    init_from: str = typer.Option(None, "--init-from",
+                                  help="Start from a stored SR model (NAME or NAME@V) or a .pt of the same "
+                                       "network, e.g. sr_x4_pixel: the ESRGAN recipe, and what the detail dial "
+                                       "needs (both ends share one architecture)"),
     preset: str = typer.Option("modern", "--preset", help="modern | paper"),
     width: float = typer.Option(1.0, "--width"),
     lr: float = typer.Option(1e-3, "--lr"),
@@ -218,8 +225,8 @@ def train_sr(
     if not name:
         raise typer.BadParameter("--name is required (or --resume CHECKPOINT)")
     cfg = TrainConfig(
-        task="sr", factor=factor, loss=loss, image_size=image_size, tv_weight=tv_weight, content_weight=1.0,
-        grad_clip=grad_clip,
+        task="sr", factor=factor, loss=loss, image_size=image_size, tv_weight=tv_weight, content_weight=feat_weight,
+        pixel_weight=pixel_weight, init_from=init_from, grad_clip=grad_clip,
         **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
                   publish, checkpoint_every, preview_every, val_every),
     )

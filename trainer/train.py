@@ -84,6 +84,9 @@ class TrainConfig:
     layer_weights: list[float] | None = None  # one per style layer (relu1_2, relu2_2, relu3_3, relu4_3)
     normalization: str | None = None  # none | relative
     init_from: str | None = None  # start from these weights: a model in the store (NAME or NAME@V) or a .pt
+    # SR with loss=feat: weight of an added pixel (MSE) term; the ESRGAN recipe keeps a small one so a feature-loss
+    # fine-tune of the pixel network stays faithful to the image's colours and low frequencies.
+    pixel_weight: float = 0.0
     preset: Literal["paper", "modern"] = "modern"
     width: float = 1.0
     lr: float = 1e-3
@@ -180,6 +183,8 @@ class Losses:
             with torch.no_grad():
                 t = self.vgg(target, (CONTENT_LAYER,))[CONTENT_LAYER]
             terms = {"feat": self.cfg.content_weight * feature_loss(self.vgg(y, (CONTENT_LAYER,))[CONTENT_LAYER], t)}
+            if self.cfg.pixel_weight:
+                terms["pixel"] = self.cfg.pixel_weight * pixel_loss(y.float(), target)
         if self.cfg.tv_weight:
             terms["tv"] = self.cfg.tv_weight * tv_loss(y.float())
         terms["total"] = sum(terms.values())  # type: ignore[assignment]
@@ -552,7 +557,8 @@ def training_facts(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a manifest records about how a model was trained."""
     cfg = TrainConfig.from_dict(ckpt["config"]).to_dict()  # resolved: old runs name their (paper) recipe too
     task_keys = (("style_size", "recipe", "content_weight", "style_weight", "content_layer", "layer_weights",
-                  "normalization", "init_from") if cfg["task"] == "style" else ("loss", "factor"))
+                  "normalization", "init_from") if cfg["task"] == "style"
+                 else ("loss", "factor", "content_weight", "pixel_weight", "init_from"))
     keys = ("task", "batch_size", "image_size", "tv_weight", "lr", "grad_clip", "seed", "amp", *task_keys)
     facts = {k: cfg.get(k) for k in keys}
     facts["iterations"] = ckpt["iteration"]

@@ -85,9 +85,10 @@ class Item:
     tiled: bool  # its output passes the pixel budget: it runs alone, in tiles
 
     @property
-    def key(self) -> tuple[str, int, int, bool]:
-        # Jobs share a forward pass only when they have the same model and size and none needs tiling.
-        return self.job.model, self.image.height, self.image.width, self.tiled
+    def key(self) -> tuple[str, int, int, bool, float | None, float]:
+        # Jobs share a forward pass only when they have the same model, size and dials and none needs tiling.
+        p = self.job.params
+        return self.job.model, self.image.height, self.image.width, self.tiled, p.detail, p.stroke
 
 
 class Worker:
@@ -271,9 +272,11 @@ class Worker:
         factor = net.config.factor
         start = time.perf_counter()
         try:
-            outputs = pipeline.infer(net, [i.image.rgb for i in batch], tile_pixels=self.settings.tile_pixels,
-                                     forward=self._forward, half=self.models.half,
-                                     progress=self._progress([i.job for i in batch]))
+            # The dials (detail, stroke) bring in the store's other SR networks through the model cache.
+            outputs = pipeline.infer_with(net, [i.image.rgb for i in batch], batch[0].job.params,
+                                          lambda name: self.models.get(name)[0],
+                                          tile_pixels=self.settings.tile_pixels, forward=self._forward,
+                                          half=self.models.half, progress=self._progress([i.job for i in batch]))
         except JobCancelled:
             log.info("cancelled %s while running: stopped", ", ".join(i.job.id for i in batch))
             for item in batch:  # ended already: this only acknowledges its queue entry
