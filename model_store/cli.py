@@ -59,6 +59,31 @@ def show(name: str, version: int = typer.Option(None, "--version")) -> None:
     typer.echo(json.dumps(entry.manifest, indent=2))
 
 
+@models_app.command("export")
+def export_model(
+    name: str = typer.Argument(..., help="A store model (muse, muse@2) or a training checkpoint (.pt)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx | openvino (IR: .xml and .bin)."),
+    output: Path = typer.Option(None, "--output", help="Where to write (default: NAME.onnx or NAME.xml here)."),
+) -> None:
+    """Export a model with dynamic batch, height and width. The graph takes float32 NCHW RGB in [0, 255] whose
+    sides are padded to a multiple of 4 (style) and gives [0, 255] out: `model_store.export` says why."""
+    from model_store import export, pipeline
+
+    if fmt not in export.FORMATS:
+        raise typer.BadParameter(f"one of {', '.join(export.FORMATS)}", param_hint="--format")
+    try:
+        net, label = pipeline.load(name, "cpu")
+    except store.ModelStoreError as e:
+        raise typer.BadParameter(str(e), param_hint="NAME") from None
+    stem = Path(name).stem if name.endswith(".pt") else name.replace("@", "_v")
+    output = output or Path(f"{stem}.{'onnx' if fmt == 'onnx' else 'xml'}")
+    try:
+        written = export.export(net, fmt, output)
+    except ImportError as e:
+        raise typer.BadParameter(f"{fmt} export needs {e.name}: pip install {e.name}", param_hint="--format") from None
+    typer.echo(f"{label} -> {', '.join(str(p) for p in written)} (multiple of {net.multiple} px per side)")
+
+
 def _load(model: str, device: str) -> tuple[TransformNet, str]:
     from model_store import pipeline
 

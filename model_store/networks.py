@@ -181,16 +181,26 @@ class TransformNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Transform images of any size; the output is exactly (H, W) x factor."""
         h, w = x.shape[-2:]
-        # Pad to a multiple of the network's stride with reflection, then crop back: any H x W works.
+        y = self.core(self.pad_input(x))
+        f = self.config.factor
+        return y[:, :, : h * f, : w * f]
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad to a multiple of the network's stride with reflection (cropped back after `core`): any H x W works.
+        Apart from `forward` so that exported graphs (ONNX, OpenVINO) hold only `core`, whose shapes do not
+        branch on the input size."""
+        h, w = x.shape[-2:]
         hp, wp = max(h, self.min_side), max(w, self.min_side)
         ph, pw = hp - h + (-hp) % self.multiple, wp - w + (-wp) % self.multiple
         pad = self.input_pad
-        x = x / 127.5 - 1.0
         if ph or pw or pad:
+            # Reflection commutes with the per-pixel scaling in `core`, so padding the [0, 255] input is the same.
             x = _reflect_pad(x, (pad, pad + pw, pad, pad + ph))
-        y = self.output(self.tail(self.body(self.head(x))))
-        f = self.config.factor
-        return y[:, :, : h * f, : w * f]
+        return x
+
+    def core(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a padded [0, 255] input; the output uncropped."""
+        return self.output(self.tail(self.body(self.head(x / 127.5 - 1.0))))
 
 
 def _reflect_pad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:

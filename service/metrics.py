@@ -76,6 +76,8 @@ def worker_metrics(workers: list[dict[str, Any]]) -> Iterable[Metric]:
     batch = GaugeMetricFamily("percept_worker_batch_size_mean", "batched jobs / forward passes", labels=["worker"])
     ready = GaugeMetricFamily("percept_worker_ready", "1 once the worker has loaded and warmed up its models",
                               labels=["worker", "device"])
+    backend = GaugeMetricFamily("percept_worker_backend", "1 for the inference backend/precision the worker chose "
+                                "(PERCEPT_BACKEND, PERCEPT_PRECISION)", labels=["worker", "backend"])
     loaded = GaugeMetricFamily("percept_worker_model_version", "model versions loaded on the worker",
                                labels=["worker", "model"])
     per_model = CounterMetricFamily("percept_worker_model_compute_seconds", "forward pass time per model",
@@ -87,12 +89,14 @@ def worker_metrics(workers: list[dict[str, Any]]) -> Iterable[Metric]:
         if passes:
             batch.add_metric([wid], float(w.get("batched_jobs") or 0) / passes)
         ready.add_metric([wid, str(w.get("device") or "")], 1.0 if w.get("ready") else 0.0)
+        if w.get("backend"):
+            backend.add_metric([wid, str(w["backend"])], 1.0)
         for model, version in (w.get("models") or {}).items():
             loaded.add_metric([wid, model], float(version))
         # Reported by workers that keep per-model timings ({"model": ms}); absent otherwise.
         for model, ms in (w.get("compute_ms_by_model") or {}).items():
             per_model.add_metric([wid, model], float(ms) / 1000)
-    yield from (compute, batch, ready, loaded, per_model)
+    yield from (compute, batch, ready, backend, loaded, per_model)
 
 
 class Metrics:

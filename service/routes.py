@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+from collections import Counter
 from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
@@ -262,7 +263,7 @@ def readyz(state: ServiceState = Depends(get_state)) -> Any:
     elif not ready:
         detail = f"{len(workers)} live worker(s), none ready yet (loading models)"
     body = Health(status="ready" if detail is None else "not ready", detail=detail, mode=mode, queue_depth=depth,
-                  workers=len(ready))
+                  workers=len(ready), backends=dict(Counter(str(w.get("backend") or "unknown") for w in ready)))
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if detail is None else 503)
 
 

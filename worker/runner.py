@@ -26,7 +26,7 @@ import torch
 
 from imaging import codec, tensors
 from imaging.tensors import Decoded
-from model_store import inference, pipeline, store
+from model_store import backends, inference, pipeline, store
 from model_store.networks import TransformNet
 from worker.batcher import collect
 from worker.queue import JobCancelled, JobQueue, Reserved, open_queue
@@ -99,6 +99,11 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident() % 10000}"
         self.device = inference.resolve_device(self.settings.device)
         self.models = ModelCache(self.device, self.settings.memory_budget_mb * 2**20, self.settings.half)
+        # The engine and precision of untiled passes (and SR tiles); style tiles run layer by layer in torch.
+        self.backend = backends.choose(self.settings.backend, self.settings.precision, self.device,
+                                       self.settings.half)
+        self._backend_forward = backends.make_forward(self.backend)
+        log.info("inference backend %s (%s)", self.backend.label, self.backend.reason)
         self._factors: dict[str, int] = {}  # model name -> upscaling factor, for the batch key
         self.counters = {"forward_passes": 0, "jobs_done": 0, "jobs_failed": 0, "batched_jobs": 0,
                          "compute_ms": 0.0}
@@ -236,7 +241,8 @@ class Worker:
                 jobs = sorted(self._held)
             # `ready`: alive with its models loaded (it takes work); `busy`/`jobs`: what it computes now.
             self.queue.heartbeat(self.id, {"ready": self.ready, "busy": bool(jobs), "jobs": jobs,
-                                           "device": str(self.device), "models": loaded, **dict(self.counters)})
+                                           "device": str(self.device), "backend": self.backend.label,
+                                           "models": loaded, **dict(self.counters)})
 
     # One batch --------------------------------------------------------------------------------------------
     def _prepare(self, job: Reserved) -> Item | None:
@@ -259,7 +265,7 @@ class Worker:
         return self._factors[model]
 
     def _forward(self, net: TransformNet, x: torch.Tensor) -> torch.Tensor:
-        return inference.forward(net, x, half=self.models.half)
+        return self._backend_forward(net, x)
 
     def _run_batch(self, batch: list[Item]) -> None:
         model = batch[0].job.model

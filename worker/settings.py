@@ -13,6 +13,8 @@ defaults. One style everywhere: pydantic-settings classes, each environment vari
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -65,6 +67,11 @@ class WorkerSettings(QueueSettings):
     # the networks' receptive field with room to spare).
     tile_pixels: int = 4_000_000
     half: bool = True  # fp16 inference on CUDA (fp32 fallback on NaN/Inf)
+    # CPU inference engine and precision (model_store.backends): auto = the fastest measured combination within
+    # the stated tolerance of fp32 that this machine has (OpenVINO bf16 where bf16 is native, else OpenVINO fp32);
+    # asking for one the machine lacks (bf16 without native support, openvino not installed) stops the worker.
+    backend: Literal["auto", "torch", "openvino"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     reload_interval_s: float = Field(5.0, gt=0)  # how often to look for newly published versions
     warmup_sizes: str = "256"  # comma-separated square sizes run once per model at start
     heartbeat_s: float = Field(2.0, gt=0)
