@@ -4,7 +4,9 @@ Measures, on each device, in one run:
 
 - inference ms/image of the style network (the built-in ``muse`` model; a fresh width-0.5 ``modern`` style net
   if the store has none) at 256², 512², 1024² with batch 1, and at 256² with batch 4 (per image); on CUDA also
-  the same under fp16 autocast;
+  the same under fp16 autocast; on the CPU each backend/precision of `model_store.backends` this machine has
+  (OpenVINO fp32/bf16, torch bf16 autocast where bf16 is native) at each size, with its speed-up over eager fp32
+  measured alongside;
 - one style-training iteration (batch 4, 256²): transform net forward, `StyleObjective` with the real VGG-16,
   backward and an Adam step, as `trainer.train` does it (on CUDA with channels_last, cuDNN benchmark and TF32,
   plus a mixed-precision row like ``--amp``);
@@ -96,6 +98,27 @@ def bench_inference(net: TransformNet, device: torch.device, size: int, batch: i
     return 1000 * median_seconds(step, device, repeats, warmup) / batch
 
 
+def bench_backends(net: TransformNet, sizes: tuple[int, ...], quick: bool) -> list[dict[str, Any]]:
+    """ms/image (batch 1) of each CPU backend/precision this machine has, and its speed-up over eager fp32 measured
+    right before it at the same size (the machine's load drifts; adjacent measurements share it)."""
+    from bench.backends import combinations
+    from model_store import backends
+
+    cpu = torch.device("cpu")
+    out = []
+    eager_fwd = backends.make_forward(combinations()[0])  # torch/fp32
+    for size in sizes:
+        x = images(1, size, cpu)
+        repeats = 2 if quick else max(3, 7 * 256 * 256 // (size * size))
+        for choice in combinations()[1:]:
+            fwd = backends.make_forward(choice)
+            eager = 1000 * median_seconds(lambda x=x: eager_fwd(net, x), cpu, repeats, 1)
+            ms = 1000 * median_seconds(lambda fwd=fwd, x=x: fwd(net, x), cpu, repeats, 2)
+            out.append(row(cpu, f"inference {choice.label}", size, 1, ms, "ms/image", repeats,
+                           f"{eager / ms:.2f}x eager fp32 ({eager:.1f} ms alongside)"))
+    return out
+
+
 def bench_train(config: NetworkConfig, vgg: LossNetwork, device: torch.device, size: int, batch: int,
                 repeats: int, warmup: int, amp: bool = False) -> float:
     """Median ms per training iteration (forward, losses, backward, Adam step), as trainer.train runs it."""
@@ -165,6 +188,9 @@ def bench_device(device: torch.device, quick: bool) -> tuple[list[dict[str, Any]
             if size == base and batch == 1 and not fp16:
                 forward_ms = ms
         print(f"  {device.type}: inference {precision} done", file=sys.stderr, flush=True)
+    if not cuda:  # the CPU backends (model_store.backends), interleaved per size with eager fp32: ratios in one run
+        rows += bench_backends(net, sizes, quick)
+        print("  cpu: backends done", file=sys.stderr, flush=True)
 
     vgg = load_loss_network().to(device)
     gatys_n = 2 if quick else 5
