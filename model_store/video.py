@@ -71,6 +71,18 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
+def sniff(head: bytes) -> str | None:
+    """The container a file's first bytes name ('mp4' for MP4/MOV/M4V, 'matroska' for MKV/WebM, 'avi'), or None:
+    how an upload is told from an image without trusting its Content-Type."""
+    if head[4:8] == b"ftyp" or head[4:8] in (b"moov", b"mdat", b"wide", b"free"):  # ISO BMFF / QuickTime boxes
+        return "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # the EBML magic of Matroska and WebM
+        return "matroska"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    return None
+
+
 def _open(src: Path) -> av.container.InputContainer:
     try:
         return av.open(str(src), "r")

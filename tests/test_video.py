@@ -157,6 +157,15 @@ def test_truncated_and_non_video_files_are_video_errors(muse, clip: Path, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4", "junk.mp4"]
 
 
+def test_sniff_tells_containers_from_images(clip: Path, tmp_path: Path) -> None:
+    assert video.sniff(clip.read_bytes()[:16]) == "mp4"
+    mkv = make_clip(tmp_path / "a.mkv", pts=PTS[:2], audio=False)
+    assert video.sniff(mkv.read_bytes()[:16]) == "matroska"
+    png = b"\x89PNG\r\n\x1a\n" + bytes(8)
+    assert video.sniff(png) is None
+    assert video.sniff(b"") is None
+
+
 def test_probe_limits(clip: Path) -> None:
     info = video.probe(clip)
     assert (info.width, info.height, info.audio) == (64, 48, ("aac",))
