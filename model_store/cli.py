@@ -50,13 +50,64 @@ def _loss(name: str, manifest: dict) -> str | None:
 
 
 @models_app.command("show")
-def show(name: str, version: int = typer.Option(None, "--version")) -> None:
-    """A version's manifest (the default version unless --version)."""
+def show(name: str = typer.Argument(..., help="A model name (see `percept models list`)."),
+         version: int = typer.Option(None, "--version", help="(default: the default version)"),
+         as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON.")) -> None:
+    """A version's model card: what it does, its style image (title, artist, licence), how it was trained, its
+    evaluation numbers and a sample (the default version unless --version; --json for the manifest)."""
     try:
         entry = store.get(name, version)
     except store.ModelStoreError as e:
         raise typer.BadParameter(str(e)) from e
-    typer.echo(json.dumps(entry.manifest, indent=2))
+    if as_json:
+        typer.echo(json.dumps(entry.manifest, indent=2))
+        return
+    typer.echo("\n".join(card_lines(entry)))
+
+
+def card_lines(entry: store.ModelVersion) -> list[str]:
+    """The card as text: a few labelled lines, numbers as in docs/RESULTS.md."""
+    m, card = entry.manifest, entry.manifest.get("card") or {}
+    t = m.get("training") or {}
+    kind = "style" if m["kind"] == "style" else f"super-resolution x{m['factor']} ({_loss(entry.name, m)} loss)"
+    out = [f"{entry.name} v{entry.version}  {kind}", f"  {card.get('description', '(no model card)')}"]
+    style = card.get("style")
+    if style:
+        who = ", ".join(str(v) for v in (style.get("artist"), style.get("title") and f"'{style['title']}'",
+                                        style.get("year")) if v) or "origin not stated"
+        out += [f"style image   {style.get('file')}: {who}",
+                f"  artwork     {style.get('artwork_licence')}; use: {style.get('use')}",
+                f"  this copy   {style.get('source')}", f"  terms       {style.get('image_terms')}"]
+    if t:
+        facts = [f"{t['iterations']:,} iterations" if t.get("iterations") else None,
+                 t.get("recipe") and f"{t['recipe']} recipe", f"width {m['network'].get('width')}",
+                 t.get("hardware"), t.get("wall_seconds") and f"{t['wall_seconds'] / 3600:.1f} h"]
+        out.append("trained       " + ", ".join(f for f in facts if f))
+    ev = card.get("evaluation") or {}
+    for dataset in ("Set5", "Set14"):
+        if dataset in ev:
+            e = ev[dataset]
+            line = (f"{dataset:<14}PSNR {e['psnr']:.2f} dB / SSIM {e['ssim']:.4f} (bicubic {e['bicubic_psnr']:.2f} / "
+                    f"{e['bicubic_ssim']:.4f}), sharpness {e['sharpness']} (HR {e['hr_sharpness']})")
+            if "paper_psnr" in e:
+                line += f"; paper {e['paper_psnr']:.2f} / {e['paper_ssim']:.4f}"
+            out.append(line)
+    if "gram_error" in ev:
+        out.append("Gram error    " + "  ".join(f"{k} {v:.3g}" for k, v in ev["gram_error"].items())
+                   + "  (lower = closer to the painting)")
+        out.append("content error " + "  ".join(f"{k} {v:.3g}" for k, v in ev["content_error"].items())
+                   + "  (higher = further from the photo)")
+    if "objective" in ev:
+        o = ev["objective"]
+        out.append(f"objective     network {o['network']:.4g} in {o['network_ms']} ms; Gatys optimizer "
+                   f"{o['gatys_100']:.4g} after 100 iterations ({o['gatys_100_s']} s): {o['network_vs_gatys_100']}")
+    if ev.get("measured"):
+        out.append(f"  measured    {ev['measured']}")
+    sample = card.get("sample")
+    if sample:
+        out.append(f"sample        {entry.path / sample['file']}  ({sample.get('command')})")
+    out.append(f"files         {entry.path}")
+    return out
 
 
 @models_app.command("export")

@@ -34,7 +34,8 @@ def serving_versions(queue: Any, settings: ServiceSettings) -> dict[str, set[int
     return out
 
 
-def model_info(name: str, serving: dict[str, set[int]] | None = None) -> ModelInfo:
+def model_info(name: str, serving: dict[str, set[int]] | None = None, card: bool = False) -> ModelInfo:
+    """`card`: include the manifest's model card (GET /models/{name}; the listing stays short)."""
     entry = store.get(name)
     m = entry.manifest
     has_thumbnail = m["kind"] == "style" and (entry.path / store.STYLE_FILE).is_file()
@@ -45,7 +46,21 @@ def model_info(name: str, serving: dict[str, set[int]] | None = None) -> ModelIn
         training={k: training[k] for k in TRAINING_SUMMARY if k in training},
         loss=store.sr_loss(name, int(m["factor"])) if m["kind"] == "sr" else None,
         thumbnail_url=f"/styles/{name}/thumbnail" if has_thumbnail else None,
+        card=m.get("card") if card else None,
     )
+
+
+def sample_path(name: str) -> Any:
+    """The default version's sample image (a small JPEG next to its manifest), or a 404."""
+    try:
+        entry = store.get(name)
+    except store.ModelStoreError as e:
+        raise model_error(e) from None
+    sample = (entry.manifest.get("card") or {}).get("sample") or {}
+    path = entry.path / str(sample.get("file", ""))
+    if not sample.get("file") or "/" in sample["file"] or not path.is_file():
+        raise HTTPException(404, f"model {name!r} v{entry.version} has no sample image")
+    return path
 
 
 def all_models(serving: dict[str, set[int]]) -> list[ModelInfo]:

@@ -30,7 +30,16 @@ from starlette.requests import ClientDisconnect
 
 from imaging.codec import ImageError, check_upload
 from model_store import store
-from service.catalog import all_models, check_sr, check_style, model_error, model_info, serving_versions, thumbnail
+from service.catalog import (
+    all_models,
+    check_sr,
+    check_style,
+    model_error,
+    model_info,
+    sample_path,
+    serving_versions,
+    thumbnail,
+)
 from service.deps import MULTIPART_SLACK, THUMBNAIL_SIDE, ServiceState, get_state, require_admin, require_public
 from service.jobs import finished_or_pending, job_id_ok, run_job
 from service.schemas import DefaultVersion, Error, Health, JobStatus, ModelInfo, Published, WorkerInfo
@@ -226,6 +235,23 @@ def style_thumbnail(name: str, size: int = Query(THUMBNAIL_SIDE, ge=16, le=1024)
 def list_models(state: ServiceState = Depends(get_state)) -> list[ModelInfo]:
     """Every model in the store: kind, factor, default and available versions, how it was trained."""
     return all_models(serving_versions(state.queue, state.settings))
+
+
+@public.get("/models/{name}", tags=["models"], response_model=ModelInfo, responses={404: {"model": Error}})
+def get_model(name: str = NAME_P, state: ServiceState = Depends(get_state)) -> ModelInfo:
+    """One model with its card: description, the style image's title, artist and licence, evaluation numbers."""
+    try:
+        return model_info(name, serving_versions(state.queue, state.settings), card=True)
+    except store.ModelStoreError as e:
+        raise model_error(e) from None
+
+
+@public.get("/models/{name}/sample", tags=["models"], response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": Error}})
+def model_sample(name: str = NAME_P) -> Response:
+    """The model card's sample output, a small JPEG."""
+    return Response(sample_path(name).read_bytes(), media_type="image/jpeg",
+                    headers={"Cache-Control": "public, max-age=300"})
 
 
 @probes.get("/healthz", response_model=Health)

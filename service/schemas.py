@@ -84,6 +84,9 @@ class ModelInfo(BaseModel):
     loss: SrLoss | None = Field(
         None, description="SR models: the `loss` of POST /upscale that selects this model (with its factor)")
     thumbnail_url: str | None = None
+    card: dict[str, Any] | None = Field(
+        None, description="GET /models/{name} only: the model card (description; style models: the style image's "
+                          "title, artist and licence; evaluation numbers; sample: GET /models/{name}/sample)")
 
 
 class Published(ModelInfo):

@@ -146,7 +146,7 @@ def test_models_list_and_show() -> None:
     assert set(BUILTIN_MODELS) <= set(rows)
     assert rows["muse"]["kind"] == "style" and rows["sr_x8"]["kind"] == "sr" and rows["sr_x8"]["factor"] == 8
 
-    result = invoke("models", "show", "sr_x4")
+    result = invoke("models", "show", "sr_x4", "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
     assert manifest["name"] == "sr_x4" and manifest["factor"] == 4
