@@ -103,11 +103,11 @@ class Health(BaseModel):
     mode: Literal["embedded", "redis"]
     queue_depth: int | None = None
     workers: int | None = Field(None, description="live workers (heartbeat within worker_stale_s) that are ready")
+    backends: dict[str, int] | None = Field(None, description="inference backend/precision of the ready workers "
+                                                              "(e.g. openvino/bf16) and how many run each")
 
 
 def _json_int(value: Any) -> Any:
-    backends: dict[str, int] | None = Field(None, description="inference backend/precision of the ready workers "
-                                                              "(e.g. openvino/bf16) and how many run each")
     """An integer as JSON Schema has it: 2 or 2.0, never true/false or "2" (pydantic's lax mode takes both)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be an integer")
