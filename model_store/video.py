@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from imaging import codec
-from model_store import inference, pipeline
+from model_store import pipeline
 from model_store.networks import TransformNet
 from model_store.options import TILE_PIXELS, Options
 
@@ -186,13 +186,20 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> None:
 
 def process(net: TransformNet, src: Path, dst: Path, options: Options = Options(), *, batch: int = 4,
             smooth: float = 0.0, crf: int = 20, preset: str = "veryfast", progress: Progress | None = None,
-            tile_pixels: int = TILE_PIXELS, forward: pipeline.Forward = inference.forward) -> int:
+            tile_pixels: int = TILE_PIXELS, forward: pipeline.Forward | None = None,
+            get: pipeline.GetNet | None = None) -> int:
     """Stylize or upscale the clip `src` into `dst` (.mp4/.m4v/.mov/.mkv); returns the number of frames written.
+
+    `forward` None: the machine's default backend, and `get` loads the dials' other networks, as in
+    `pipeline.run`, so a frame gets the pixels the same image would.
 
     Raises VideoError for a clip that cannot be read or an output that cannot hold its streams; on any error or
     interrupt the temporary file is removed and `dst` is untouched.
     """
+    from model_store import backends
+
     src, dst = Path(src), Path(dst)
+    forward = forward or backends.default_forward(next(net.parameters()).device)
     fmt = _OUTPUT_FORMATS.get(dst.suffix.lower())
     if fmt is None:
         raise VideoError(400, f"{dst.name}: write .mp4, .m4v, .mov or .mkv (H.264 output)")
@@ -281,7 +288,8 @@ def process(net: TransformNet, src: Path, dst: Path, options: Options = Options(
             nonlocal done
             images = [pipeline.prepare(pipeline.wrap(torch.from_numpy(rgb).permute(2, 0, 1)[None].float()),
                                        options) for _, rgb in pending]
-            outs = pipeline.infer(net, [im.rgb for im in images], tile_pixels=tile_pixels, forward=forward)
+            outs = pipeline.infer_with(net, [im.rgb for im in images], options, get, tile_pixels=tile_pixels,
+                                       forward=forward)
             for (pts, _), image, y in zip(pending, images, outs, strict=True):
                 y = smoother(image.rgb, pipeline.finish(image, y, factor, options))[..., :out_h, :out_w]
                 rgb = y[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()

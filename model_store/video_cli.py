@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
@@ -32,6 +33,7 @@ def run(model: str, src: Path, dst: Path, options: Options, device: str, tile_pi
     except video.VideoError as e:
         typer.echo(f"failed: {e.message}", err=True)
         raise typer.Exit(1) from None
+    others = functools.cache(lambda name: _load(name, device)[0])  # the dials' other networks, loaded once
     with tqdm(total=total or None, unit="frame", desc=Path(src).name, dynamic_ncols=True) as bar:
 
         def progress(done: int, expected: int) -> None:
@@ -40,7 +42,7 @@ def run(model: str, src: Path, dst: Path, options: Options, device: str, tile_pi
 
         try:
             n = video.process(net, src, dst, options, batch=batch, smooth=smooth, progress=progress,
-                              tile_pixels=tile_pixels)
+                              tile_pixels=tile_pixels, get=others)
         except video.VideoError as e:
             bar.close()
             typer.echo(f"failed: {e.message}", err=True)

@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from model_store import pipeline, video
+from model_store.options import Options
 from percept.cli import app
 
 TB = Fraction(1, 1000)
@@ -99,6 +100,17 @@ def test_stylize_keeps_frames_timestamps_and_audio(muse, clip: Path, tmp_path: P
     with av.open(str(clip)) as c:
         first_in = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(float)
     assert np.abs(frames[0].astype(float) - first_in).mean() > 20
+
+
+def test_options_apply_to_every_frame(muse, clip: Path, tmp_path: Path) -> None:
+    """strength 0 is the input (up to two H.264 round trips), max_side shrinks every frame: the image options."""
+    dst = tmp_path / "out.mp4"
+    video.process(muse, clip, dst, Options(strength=0.0, max_side=32))
+    with av.open(str(clip)) as a, av.open(str(dst)) as b:
+        ins = [f.to_ndarray(format="rgb24", width=32, height=24).astype(float) for f in a.decode(video=0)]
+        outs = [f.to_ndarray(format="rgb24").astype(float) for f in b.decode(video=0)]
+    assert outs[0].shape == (24, 32, 3)
+    assert max(np.abs(x - y).mean() for x, y in zip(ins, outs, strict=True)) < 6
 
 
 def test_odd_size_gives_even_output_and_rotation_is_kept(muse, tmp_path: Path) -> None:
