@@ -70,7 +70,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in ("REDIS_URL", "PERCEPT_REDIS_URL", "MODEL_STORE", "PERCEPT_PUBLIC_API_KEY")}
+    # Tiles of 1 MP (the floor): a 200x150 photo at x8 runs in tiles, slowly enough to watch and cancel.
     env.update(PERCEPT_WARMUP_SIZES="32", PERCEPT_HEARTBEAT_S="0.5", PERCEPT_MAX_BATCH_DELAY_MS="2",
+               PERCEPT_TILE_PIXELS="1000000",
                OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
@@ -147,7 +149,7 @@ class Page:
 
 @pytest.fixture
 def page(browser: Any, server: str) -> Iterator[Page]:
-    p = Page(browser, server + "/", viewport={"width": 1280, "height": 860})
+    p = Page(browser, server + "/", viewport={"width": 1280, "height": 900})
     try:
         yield p
     finally:
@@ -203,7 +205,7 @@ def test_stylize_an_uploaded_image(page: Page, photo: Path) -> None:
     link = p.locator("#download")
     assert link.is_visible()
     assert link.get_attribute("href").startswith("blob:")
-    assert link.get_attribute("download") == "street-muse.png"
+    assert link.get_attribute("download") == "street-muse-preserve-color.png"  # the options are in the name
     page.screenshot("2_stylized")
 
     # The slider reveals more of one image or the other; side by side shows both.
@@ -215,7 +217,7 @@ def test_stylize_an_uploaded_image(page: Page, photo: Path) -> None:
 
     with p.expect_download(timeout=UI_MS) as download:
         link.click()
-    assert download.value.suggested_filename == "street-muse.png"
+    assert download.value.suggested_filename == "street-muse-preserve-color.png"
     with Image.open(download.value.path()) as im:
         assert im.size == (W, H) and im.format == "PNG"
     page.assert_no_errors()
@@ -229,15 +231,19 @@ def test_upscale_by_four(page: Page, photo: Path) -> None:
     cards = p.locator("#factors label.card")
     assert cards.evaluate_all("cs => cs.map(c => c.dataset.value)") == ["sr_x4", "sr_x4_pixel", "sr_x8"]
     assert "Smooth" in p.locator("label.card[data-value=sr_x4_pixel]").inner_text()
+    # What Detailed and Smooth mean is visible text, not only a tooltip (phones show no tooltips).
+    help_text = p.locator("#loss-help")
+    assert help_text.is_visible() and all(w in help_text.inner_text() for w in ("Detailed", "Smooth", "pixel loss"))
     p.locator("label.card[data-value=sr_x4]").click()
     assert p.locator("#factor-sr_x4").is_checked()
     assert "256 × 192 px" in p.locator("#output-size").inner_text()
 
     assert run_job(page) == 4 * W
     assert p.evaluate("document.getElementById('result-image').naturalHeight") == 4 * H
-    # The input is shown at the output's size, enlarged without smoothing.
+    # The input is shown at the output's size, enlarged with the browser's smooth (bicubic-like) scaling: a fair
+    # baseline, not blocky nearest-neighbour pixels.
     before = p.locator("#before-image")
-    assert before.evaluate("i => getComputedStyle(i).imageRendering") == "pixelated"
+    assert before.evaluate("i => getComputedStyle(i).imageRendering") == "auto"
     box_before, box_after = before.bounding_box(), p.locator("#result-image").bounding_box()
     assert box_before and box_after and abs(box_before["width"] - box_after["width"]) < 1
     assert p.locator("#download").get_attribute("download") == "street-x4.png"
@@ -261,7 +267,9 @@ def test_an_invalid_file_shows_the_api_error(page: Page, server: str, tmp_path: 
 
     p = page.page
     p.set_input_files("#file", str(bad))
-    p.locator("#file-warning").wait_for(state="visible")
+    p.wait_for_function("() => document.getElementById('file-meta').textContent.length > 0")
+    assert p.locator("#file-meta").inner_text().endswith("B")  # its size; no "cannot preview" warning first
+    assert "preview" not in p.locator("#drop").inner_text().lower()
     p.get_by_role("button", name="Go").click()
     alert = p.get_by_role("alert")
     alert.wait_for(state="visible", timeout=JOB_MS)
@@ -295,3 +303,68 @@ def test_a_phone_sized_screen(browser: Any, server: str, photo: Path) -> None:
         page.assert_no_errors()
     finally:
         page.close()
+
+
+def test_go_is_on_screen_at_1280x900(page: Page, photo: Path) -> None:
+    """The whole form is taller than the window; Go stays visible (sticky) without scrolling."""
+    p = page.page
+    go = p.locator("#go")
+
+    def go_on_screen() -> bool:
+        box = go.bounding_box()
+        return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 900
+
+    assert p.evaluate("window.scrollY") == 0
+    assert go_on_screen()
+    p.set_input_files("#file", str(photo))
+    p.get_by_text("Upscale", exact=True).click()
+    assert go_on_screen() and p.evaluate("window.scrollY") == 0
+    page.screenshot("8_desktop_go", full_page=False)
+
+
+def test_max_side_below_the_minimum_is_refused_on_the_page(page: Page, photo: Path) -> None:
+    p = page.page
+    p.set_input_files("#file", str(photo))
+    p.locator("#max-side").fill("8")
+    p.get_by_role("button", name="Go").click()
+    alert = p.get_by_role("alert")
+    alert.wait_for(state="visible")
+    assert "at least 16" in alert.inner_text()
+    assert not [r for r in page.requests if r.startswith("POST ")]  # never sent
+    p.locator("#max-side").fill("32")
+    p.locator("label.card[data-value=muse]").click()
+    assert run_job(page) == 32  # 64x48 shrunk to 32x24
+    assert p.locator("#download").get_attribute("download") == "street-muse-max32.png"
+    page.assert_no_errors()
+
+
+def _slow_photo(path: Path) -> Path:
+    """200x150: at x8 1600x1200 output pixels, two or more 1 MP tiles on the server of this module."""
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_progress_eta_and_cancel_of_a_long_job(page: Page, server: str, tmp_path: Path) -> None:
+    p = page.page
+    p.set_input_files("#file", str(_slow_photo(tmp_path / "big.png")))
+    p.get_by_text("Upscale", exact=True).click()
+    p.locator("label.card[data-value=sr_x8]").click()
+    p.get_by_role("button", name="Go").click()
+    cancel = p.get_by_role("button", name="Cancel")
+    cancel.wait_for(state="visible", timeout=JOB_MS)
+    # The bar turns from stripes into the fraction done once the worker reports a tile; the status gives an ETA.
+    p.wait_for_function("() => +(document.getElementById('bar').getAttribute('aria-valuenow') || 0) > 0",
+                        timeout=4 * JOB_MS)
+    p.wait_for_function("() => /\\d+%.*left/.test(document.getElementById('status').textContent)", timeout=JOB_MS)
+    page.screenshot("9_progress", full_page=False)
+    job_id = next(r.split("/")[1] for r in page.requests if r.startswith("GET jobs/"))
+    cancel.click()
+    p.wait_for_function("() => document.getElementById('status').textContent === 'Cancelled'", timeout=JOB_MS)
+    assert p.locator("#go").is_enabled() and cancel.is_hidden() and p.locator("#output").is_hidden()
+    assert p.locator("#error").is_hidden()  # a cancel the user asked for is not an error
+    assert any(r == f"DELETE jobs/{job_id}" for r in page.requests), page.requests
+    status, body = http(f"{server}/jobs/{job_id}")
+    assert status == 200 and json.loads(body)["status"] == "cancelled"
+    assert "submitter" in json.loads(body)["error"]
+    page.assert_no_errors()
