@@ -156,3 +156,17 @@ def test_api_dials_validate_and_run(sr_pair, tmp_store: Path, monkeypatch: pytes
         r = c.post("/stylize", params={"style": "tiny_style", "stroke": 2}, content=_png(11, 9), headers=headers)
         assert r.status_code == 200, r.text
         assert Image.open(io.BytesIO(r.content)).size == (9, 11)
+
+
+def test_eval_sr_detail_ends_are_the_two_models(sr_pair, tmp_path: Path) -> None:
+    from trainer.evaluate import evaluate_sr
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(2):
+        _rgb(24 + 4 * i, 28).save(data / f"{i}.png")
+    ends = {loss: evaluate_sr(store.sr_model_name(4, loss), 4, data)["psnr"] for loss in ("pixel", "feat")}
+    assert ends["pixel"] != ends["feat"]
+    assert evaluate_sr(None, 4, data, detail=0.0)["psnr"] == ends["pixel"]
+    one = evaluate_sr(None, 4, data, detail=1.0)
+    assert one["psnr"] == ends["feat"] and one["model"] == "sr_x4 detail=1"

@@ -282,8 +282,10 @@ def optimize(
 
 @eval_app.command("sr")
 def eval_sr(
-    model: str = typer.Option(..., "--model", help="SR model name, or 'bicubic' for the baseline."),
+    model: str = typer.Option(None, "--model", help="SR model name, or 'bicubic' for the baseline."),
     factor: int = typer.Option(4, "--factor", help="4 | 8"),
+    detail: float = typer.Option(None, "--detail", min=0.0, max=1.0,
+                                 help="Instead of --model: the detail dial's network (0 pixel .. 1 feat)."),
     data: list[Path] = typer.Option(..., "--data", exists=True, file_okay=False, help="HR image folder(s)."),
     degradation: str = typer.Option("paper", "--degradation", help="paper (blur sigma 1 + bicubic) | standard"),
     histmatch: bool = typer.Option(False, "--histmatch/--no-histmatch",
@@ -293,12 +295,15 @@ def eval_sr(
 ) -> None:
     """PSNR / SSIM on the Y channel (BT.601), `factor` border pixels shaved, averaged over each folder."""
     from model_store.inference import resolve_device
+    from model_store.store import ModelStoreError
     from trainer.evaluate import evaluate_sr, format_sr_table
 
     try:
         dev = str(resolve_device(device))
-        results = [evaluate_sr(model, factor, d, degradation, histmatch, dev) for d in data]
-    except (ValueError, LookupError, RuntimeError) as e:
+        if model is None and detail is None:
+            raise ValueError("give --model (or 'bicubic') or --detail")
+        results = [evaluate_sr(model, factor, d, degradation, histmatch, dev, detail) for d in data]
+    except (ValueError, LookupError, RuntimeError, ModelStoreError) as e:
         raise typer.BadParameter(str(e)) from e
     typer.echo(json.dumps(results, indent=2) if as_json else format_sr_table(results))
 

@@ -57,8 +57,10 @@ def evaluate_sr(
     degradation: str = "paper",
     histmatch: bool = False,
     device: str = "cpu",
+    detail: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` (a model-store name, or "bicubic" for the baseline) at x`factor` on `data_dir`.
+    """Evaluate `model` (a model-store name, or "bicubic" for the baseline) at x`factor` on `data_dir`; with
+    `detail`, the detail dial's network instead (the store's pixel/feat pair for `factor`, interpolated).
 
     Returns ``{"model", "version", "factor", "dataset", "degradation", "histmatch", "images": [rows],
     "psnr", "ssim", "grad_sr", "grad_hr"}``; each row has ``image`` (file name) and the four metrics, and the
@@ -69,7 +71,13 @@ def evaluate_sr(
     if factor < 2:
         raise ValueError(f"factor must be >= 2, got {factor}")
     net, version = None, None
-    if model != BICUBIC:
+    if detail is not None:
+        from model_store.pipeline import detail_net
+
+        pixel_name, feat_name = store.sr_detail_pair(factor)
+        (pixel, _), (feat, entry) = (_load_sr_model(n, factor, device) for n in (pixel_name, feat_name))
+        net, version, model = detail_net(pixel, feat, detail), entry.version, f"{feat_name} detail={detail:g}"
+    elif model != BICUBIC:
         net, entry = _load_sr_model(model, factor, device)
         version = entry.version
 
