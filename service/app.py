@@ -7,6 +7,7 @@ processes do the inference.
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import os
 import socket
@@ -122,6 +123,44 @@ def _install_error_handlers(app: FastAPI, settings: ServiceSettings) -> None:
                             headers={"Retry-After": str(settings.retry_after_s)})
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their JavaScript and CSS served from here, not from a CDN, so the API
+    docs work offline and behind firewalls (FastAPI's "Self-hosting JavaScript and CSS for docs"). The files come
+    from the `fastapi-offline` wheel (Swagger UI 5, which renders OpenAPI 3.1; ReDoc), only its static folder."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    assets = importlib.resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    oauth2_redirect = app.swagger_ui_oauth2_redirect_url
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} · API docs",
+            oauth2_redirect_url=f"{root}{oauth2_redirect}" if oauth2_redirect else None,
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png")
+
+    if oauth2_redirect:
+        @app.get(oauth2_redirect, include_in_schema=False)
+        async def swagger_ui_redirect() -> HTMLResponse:
+            return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} · API reference",
+                              redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
 def create_app(settings: ServiceSettings | None = None, queue: JobQueue | None = None,
                start_worker: bool | None = None) -> FastAPI:
     """The service. `queue`: an existing MemoryQueue/RedisQueue (default: the one `settings` describe, with their
@@ -158,8 +197,9 @@ def create_app(settings: ServiceSettings | None = None, queue: JobQueue | None =
     except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         app_version = "0.0.0"
     app = FastAPI(title="percept", version=app_version, description=DESCRIPTION, lifespan=lifespan,
-                  responses={422: {"model": routes.Error}})
+                  responses={422: {"model": routes.Error}}, docs_url=None, redoc_url=None)
     app.state.service = state
+    _install_docs(app)
     _install_error_handlers(app, settings)
     app.include_router(routes.public)
     app.include_router(routes.probes)

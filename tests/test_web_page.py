@@ -368,3 +368,40 @@ def test_progress_eta_and_cancel_of_a_long_job(page: Page, server: str, tmp_path
     assert status == 200 and json.loads(body)["status"] == "cancelled"
     assert "submitter" in json.loads(body)["error"]
     page.assert_no_errors()
+
+
+def test_the_api_docs_render_offline(browser: Any, server: str) -> None:
+    """/docs (Swagger UI) and /redoc with every request off this server refused: their scripts and styles are
+    served by the service itself, so the operations render without a CDN."""
+    context = browser.new_context()
+    context.set_default_timeout(UI_MS)
+    outside: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_this_server)
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server + "/docs", wait_until="load")
+        page.wait_for_selector(".opblock", timeout=JOB_MS)
+        ops = page.locator(".opblock").evaluate_all(
+            "bs => bs.map(b => b.querySelector('.opblock-summary-method').textContent + ' ' + "
+            "b.querySelector('.opblock-summary-path').getAttribute('data-path'))")
+        assert {"POST /stylize", "POST /upscale", "GET /jobs/{job_id}", "DELETE /jobs/{job_id}"} <= set(ops), ops
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web_10_docs_offline.png"))
+        assert not outside, outside  # nothing was even asked of a CDN
+        # ReDoc too (its script is served here; only its "powered by" logo is asked of redoc.ly, and refused).
+        page.goto(server + "/redoc", wait_until="load")
+        page.wait_for_selector("text=/stylize", timeout=JOB_MS)
+        assert all("cdn.redoc.ly" in u and u.endswith(".svg") for u in outside), outside
+        assert not errors, errors
+    finally:
+        context.close()
