@@ -122,3 +122,12 @@ def test_resume_from_another_folder_with_the_data_moved(tmp_path: Path, monkeypa
     assert json.loads((run / "config.json").read_text())["data"] == str(moved)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2, 3]
+
+
+def test_a_long_cpu_run_says_how_long_first(in_tmp: Path, fake_train: list[TrainConfig]) -> None:
+    photos(in_tmp / "p")
+    result = invoke("train", "sr", "--name", "long", "--data", "p", "--device", "cpu")  # the default 40k
+    assert result.exit_code == 0, result.output
+    assert "note: 40,000 iterations on the CPU take about 10 h" in result.output
+    result = invoke("train", "sr", "--name", "short", "--data", "p", "--device", "cpu", "--iterations", "500")
+    assert "note:" not in result.output

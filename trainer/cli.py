@@ -85,11 +85,31 @@ def _run(cfg: Any, resume: Path | None, overrides: dict[str, Any], queue: bool =
         clear_run(run_dir)
     cfg.run_dir = str(run_dir)
     typer.echo(f"run folder: {run_dir}")  # at the start: checkpoints and previews appear there as it runs
+    _warn_if_long_on_cpu(cfg)
     try:  # an empty or missing --data folder is one line, and leaves no config.json
         summary = train(cfg, resume=resume)
     except (RunExistsError, FileNotFoundError) as e:
         raise typer.BadParameter(str(e)) from None
     typer.echo(json.dumps(summary, indent=2))
+
+
+# muse v2's fine-tune on 2 CPU cores: width 0.5, batch 4, 192² crops, bf16 (docs/training.md).
+CPU_IT_PER_S = 1.15
+
+
+def _warn_if_long_on_cpu(cfg: Any) -> None:
+    """The default 40,000 iterations are a GPU budget: on a CPU say how long before hours go by."""
+    from model_store.inference import resolve_device
+
+    try:
+        on_cpu = resolve_device(cfg.device).type == "cpu"
+    except RuntimeError:
+        return  # train() reports the device
+    if on_cpu and cfg.iterations >= 5_000:
+        hours = cfg.iterations / CPU_IT_PER_S / 3600
+        typer.echo(f"note: {cfg.iterations:,} iterations on the CPU take about {hours:.0f} h at the "
+                   f"{CPU_IT_PER_S} it/s measured on 2 cores (width 0.5, 192² crops; docs/training.md), longer at "
+                   "full width or 256²; --iterations N for a shorter run", err=True)
 
 
 @train_app.command("status")
