@@ -123,6 +123,30 @@ def _install_error_handlers(app: FastAPI, settings: ServiceSettings) -> None:
                             headers={"Retry-After": str(settings.retry_after_s)})
 
 
+class QuietJobPolls(logging.Filter):
+    """uvicorn's access log: a successful ``GET /jobs/{id}`` poll at debug level, not info. The web page polls
+    every second or so while a job runs (356 access lines in 15 minutes of use, issue 16), which buried the
+    lines worth reading; `--log-level debug` shows them again. Errors (4xx/5xx) and results stay at info."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (isinstance(args, tuple) and len(args) == 5 and args[1] == "GET"):
+            return True
+        path, status = str(args[2]), args[4]
+        if not (path.startswith("/jobs/") and not path.split("?", 1)[0].endswith("/result")
+                and isinstance(status, int) and status < 400):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_job_polls(logger: logging.Logger | None = None) -> None:
+    """Install `QuietJobPolls` on uvicorn's access logger (once)."""
+    logger = logger or logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, QuietJobPolls) for f in logger.filters):
+        logger.addFilter(QuietJobPolls())
+
+
 DOCS_ASSETS = "/docs-assets"
 
 
@@ -178,6 +202,7 @@ def create_app(settings: ServiceSettings | None = None, queue: JobQueue | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Threads blocked on a job's completion; bounded apart from the default pool used by sync handlers.
         state.wait_limiter = anyio.CapacityLimiter(max(32, min(settings.queue_max + 16, 512)))
+        quiet_job_polls()  # here: after uvicorn has configured its loggers
         worker = None
         if start_worker:
             worker = EmbeddedWorker(queue, state)
