@@ -27,7 +27,6 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -36,89 +35,21 @@ import torch
 import torch.nn.functional as F
 
 from imaging import codec
+from imaging.video import VIDEO_SUFFIXES, Probe, VideoError, is_video, open_input, probe, sniff
 from model_store import pipeline
 from model_store.networks import TransformNet
 from model_store.options import TILE_PIXELS, Options
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".m4v", ".avi")
+__all__ = ["DEFAULT_SMOOTH", "VIDEO_SUFFIXES", "Probe", "Smoother", "VideoError", "is_video", "output_size", "probe",
+           "process", "sniff"]
+
 # H.264 goes into these containers (WebM allows only VP8/VP9/AV1, AVI has no B-frame timestamps).
 _OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 
 Progress = Callable[[int, int], None]
-
-
-class VideoError(Exception):
-    """A clip that cannot be read or written: `status` is the HTTP status the API answers with."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Probe:
-    width: int
-    height: int
-    frames: int  # from the container's frame count, else duration x average rate (an estimate)
-    seconds: float
-    rotation: int  # degrees, as the display matrix says
-    codec: str
-    audio: tuple[str, ...]  # audio codec names, one per stream
-
-
-def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
-
-
-def sniff(head: bytes) -> str | None:
-    """The container a file's first bytes name ('mp4' for MP4/MOV/M4V, 'matroska' for MKV/WebM, 'avi'), or None:
-    how an upload is told from an image without trusting its Content-Type."""
-    if head[4:8] == b"ftyp" or head[4:8] in (b"moov", b"mdat", b"wide", b"free"):  # ISO BMFF / QuickTime boxes
-        return "mp4"
-    if head[:4] == b"\x1a\x45\xdf\xa3":  # the EBML magic of Matroska and WebM
-        return "matroska"
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return "avi"
-    return None
-
-
-def _open(src: Path) -> av.container.InputContainer:
-    try:
-        return av.open(str(src), "r")
-    except FileNotFoundError:
-        raise VideoError(400, f"{src}: no such file") from None
-    except (av.error.FFmpegError, UnicodeDecodeError) as e:
-        raise VideoError(400, f"{src}: not a video that can be read ({e})") from None
-
-
-def probe(src: Path, *, max_seconds: float | None = None, max_frame_pixels: int | None = None) -> Probe:
-    """What `process` will need, read from the header and the first frame; limits raise VideoError 413/400."""
-    with _open(src) as inp:
-        if not inp.streams.video:
-            raise VideoError(400, f"{src}: no video stream")
-        stream = inp.streams.video[0]
-        ctx = stream.codec_context
-        if ctx.codec is None or not ctx.width:
-            raise VideoError(415, f"{src}: the video codec cannot be decoded")
-        seconds = float(inp.duration / av.time_base) if inp.duration else (
-            float(stream.duration * stream.time_base) if stream.duration else 0.0)
-        rate = stream.average_rate or stream.guessed_rate or 30
-        frames = stream.frames or round(seconds * float(rate))
-        if max_seconds is not None and seconds > max_seconds:
-            raise VideoError(413, f"the clip lasts {seconds:.1f} s; the limit is {max_seconds:g} s")
-        if max_frame_pixels is not None and frames * ctx.width * ctx.height > max_frame_pixels:
-            raise VideoError(413, f"{frames} frames of {ctx.width}x{ctx.height} pass the limit of "
-                                  f"{max_frame_pixels:,} pixels in all; send a shorter or smaller clip")
-        try:
-            first = next(inp.decode(stream))
-        except StopIteration:
-            raise VideoError(400, f"{src}: the video stream has no frames") from None
-        except av.error.FFmpegError as e:
-            raise VideoError(400, f"{src}: the first frame cannot be decoded ({e})") from None
-        return Probe(width=first.width, height=first.height, frames=frames, seconds=seconds,
-                     rotation=round(first.rotation or 0), codec=ctx.name,
-                     audio=tuple(a.codec_context.name for a in inp.streams.audio))
+# `--smooth` of `percept stylize` and of API style jobs: halves still-shot flicker for every built-in style
+# (bench/video.py; README "Video"). SR runs unsmoothed.
+DEFAULT_SMOOTH = 0.5
 
 
 def output_size(width: int, height: int, factor: int, options: Options) -> tuple[int, int]:
@@ -210,7 +141,7 @@ def process(net: TransformNet, src: Path, dst: Path, options: Options = Options(
         raise VideoError(400, f"{src}: {info.width}x{info.height} is too small")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")
-    inp = _open(src)
+    inp = open_input(src)
     out = av.open(str(tmp), "w", format=fmt)
     stop = threading.Event()
     threads: list[_Worker] = []

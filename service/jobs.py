@@ -10,10 +10,11 @@ import anyio
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
+from imaging.video import sniff as sniff_video
 from service.deps import JOB_ID_LENGTH, ServiceState, unavailable
 from service.schemas import JobStatus
 from service.settings import ServiceSettings
-from service.uploads import check_output_size, read_image, validate_image
+from service.uploads import check_output_size, read_image, validate_image, validate_video
 from worker.queue import IdempotencyConflict, JobParams, JobRecord, JobState, QueueFull
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def status_response(rec: JobRecord, code: int = 202) -> JSONResponse:
 def result_response(rec: JobRecord, data: bytes) -> Response:
     created, started, finished = rec.created_at, rec.started_at, rec.finished_at
     media_type = rec.media_type or "application/octet-stream"
-    ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(media_type, "bin")
+    ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "video/mp4": "mp4"}.get(media_type, "bin")
     headers = {"X-Job-Id": rec.id, "X-Model": rec.model, "Cache-Control": "no-store",
                "Content-Disposition": f'inline; filename="{rec.id}.{ext}"'}
     timing = []
@@ -98,7 +99,11 @@ async def run_job(request: Request, state: ServiceState, model: str, factor: int
     if wait is not None and wait > settings.max_wait_s:
         raise HTTPException(422, f"wait must be between 0 and {settings.max_wait_s:g} seconds")
     data, declared = await read_image(request, settings)
-    size = await validate_image(data, declared, settings)
+    if sniff_video(data[:16]):  # a clip: minutes of work, so always a 202 job (GET /jobs/{id} shows frames done)
+        size = await validate_video(data, settings)
+        run_async = True
+    else:
+        size = await validate_image(data, declared, settings)
     max_side = params.max_side or settings.max_side_default
     check_output_size(size, max_side, factor, settings)
     params = dataclasses.replace(params, max_side=max_side, max_pixels=settings.max_pixels)

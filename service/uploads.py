@@ -12,6 +12,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from imaging import codec
+from imaging import video as imaging_video
 from service.deps import MULTIPART_SLACK
 from service.settings import ServiceSettings
 
@@ -44,9 +45,11 @@ def media_type(request: Request) -> str:
 
 
 async def read_image(request: Request, settings: ServiceSettings) -> tuple[bytes, str | None]:
-    """The uploaded image's bytes and declared type: a raw body (image/*, application/octet-stream or no
-    Content-Type) or the ``file`` field of a multipart form."""
-    mime, limit = media_type(request), settings.max_upload_bytes
+    """The uploaded image's (or video's) bytes and declared type: a raw body (image/*, video/*,
+    application/octet-stream or no Content-Type) or the ``file`` field of a multipart form. A body passing
+    max_upload_bytes is read on up to max_video_bytes and kept only when its bytes are a video container."""
+    mime = media_type(request)
+    limit = max(settings.max_upload_bytes, settings.max_video_bytes)
     if mime == "multipart/form-data":
         body = await read_limited(request, limit + MULTIPART_SLACK)
         try:
@@ -58,16 +61,39 @@ async def read_image(request: Request, settings: ServiceSettings) -> tuple[bytes
             raise HTTPException(400, "the multipart form has no file field named 'file'")
         data = await upload.read()
         await upload.close()
-        if len(data) > limit:
-            raise HTTPException(413, f"upload is {len(data)} bytes; the limit is {limit} bytes")
+        _check_size(data, settings)
         return data, upload.content_type
-    if mime and not mime.startswith("image/") and mime != "application/octet-stream":
+    if mime and not mime.startswith(("image/", "video/")) and mime != "application/octet-stream":
         hint = " (curl --data-binary sends this type: add -H 'Content-Type: image/jpeg')" if mime.endswith(
             "x-www-form-urlencoded") else ""
         raise HTTPException(415, f"unsupported Content-Type {mime!r}: send the image as the raw body with an image/* "
                                  f"Content-Type, or as multipart/form-data with a field named 'file'{hint}")
     data = await read_limited(request, limit)
+    _check_size(data, settings)
     return data, mime if mime.startswith("image/") else None
+
+
+def _check_size(data: bytes, settings: ServiceSettings) -> None:
+    video = imaging_video.sniff(data[:16]) is not None
+    limit = settings.max_video_bytes if video else settings.max_upload_bytes
+    if len(data) > limit:
+        raise HTTPException(413, f"upload is {len(data)} bytes; the limit is {limit} bytes"
+                                 + (" for a video" if video else ""))
+
+
+async def validate_video(data: bytes, settings: ServiceSettings) -> tuple[int, int]:
+    """A video upload's checks (it opens, its first frame decodes, duration and frames x pixels within the
+    limits: VideoError's status, 400/413/415); the frame (width, height)."""
+
+    def check() -> tuple[int, int]:
+        info = imaging_video.probe(data, max_seconds=settings.max_video_seconds,
+                                   max_frame_pixels=settings.max_video_frame_pixels)
+        return info.width, info.height
+
+    try:
+        return await anyio.to_thread.run_sync(check)
+    except imaging_video.VideoError as e:
+        raise HTTPException(e.status, e.message) from None
 
 
 async def validate_image(data: bytes, declared: str | None, settings: ServiceSettings) -> tuple[int, int]:

@@ -17,15 +17,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from imaging import codec, tensors
 from imaging.tensors import Decoded
+from imaging.video import sniff as sniff_video
 from model_store import backends, inference, pipeline, store
 from model_store.networks import TransformNet
 from worker.batcher import collect
@@ -246,6 +249,9 @@ class Worker:
 
     # One batch --------------------------------------------------------------------------------------------
     def _prepare(self, job: Reserved) -> Item | None:
+        if sniff_video(job.data[:16]):  # a clip runs here, alone, to the end (its frames batch among themselves)
+            self._run_video(job)
+            return None
         try:
             image = tensors.decode(job.data, max_pixels=job.params.max_pixels or 1 << 62)
             image = pipeline.prepare(image, job.params)
@@ -310,6 +316,42 @@ class Worker:
                 continue
             self.queue.complete(item.job, data, media_type, round(compute_ms, 3), len(batch))
             self.counters["jobs_done"] += 1
+
+    def _run_video(self, job: Reserved) -> None:
+        """A video job through `model_store.video.process`: progress in frames, cancellable between batches,
+        the H.264 file as the result; a clip that cannot be read fails with its 4xx."""
+        from model_store import video  # PyAV's encoder: loaded with the first clip
+
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="percept-video-") as tmp:
+            src, dst = Path(tmp) / f"in.{sniff_video(job.data[:16])}", Path(tmp) / "out.mp4"
+            src.write_bytes(job.data)
+            try:
+                net, _ = self.models.get(job.model)
+                frames = video.process(net, src, dst, job.params, progress=self._progress([job]),
+                                       smooth=video.DEFAULT_SMOOTH if net.config.factor == 1 else 0.0,
+                                       tile_pixels=self.settings.tile_pixels, forward=self._forward,
+                                       get=lambda name: self.models.get(name)[0])
+                data = dst.read_bytes()
+            except JobCancelled:
+                log.info("cancelled video job %s while running: stopped", job.id)
+                self.queue.fail(job, "cancelled", retry=False, status=410)
+                return
+            except video.VideoError as e:
+                self._fail(job, e.message, retry=False, status=e.status)
+                return
+            except store.ModelStoreError as e:
+                self._fail(job, str(e), retry=False, status=503)
+                return
+            except Exception as e:  # e.g. out of memory: another attempt (or worker) may manage
+                log.exception("video job %s failed", job.id)
+                self._fail(job, f"video processing failed: {e}", retry=True, status=503)
+                return
+        compute_ms = (time.perf_counter() - start) * 1000
+        self.counters["compute_ms"] += compute_ms
+        self.counters["jobs_done"] += 1
+        log.info("video job %s: %d frames in %.1f s", job.id, frames, compute_ms / 1000)
+        self.queue.complete(job, data, "video/mp4", round(compute_ms, 3), 1)
 
     def _progress(self, jobs: list[Reserved]) -> pipeline.Progress:
         """The pipeline's progress callback for a batch: stores (done, total) on each job and raises JobCancelled
