@@ -113,6 +113,25 @@ def test_options_apply_to_every_frame(muse, clip: Path, tmp_path: Path) -> None:
     assert max(np.abs(x - y).mean() for x, y in zip(ins, outs, strict=True)) < 6
 
 
+def test_frames_get_the_image_pipelines_pixels_at_odd_sizes(muse, tmp_path: Path) -> None:
+    """A frame of a 63x37 clip (not a multiple of 4, odd) comes out as `pipeline.run` makes that frame as an image,
+    cropped to 62x36: not shifted, not resized (up to the H.264 round trip; `process` runs unsmoothed by default)."""
+    src = make_clip(tmp_path / "odd.mp4", width=63, height=37, pts=PTS[:2], audio=False)
+    dst = tmp_path / "out.mp4"
+    video.process(muse, src, dst)
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        frame = next(a.decode(video=0)).to_ndarray(format="rgb24")
+        got = next(b.decode(video=0)).to_ndarray(format="rgb24").astype(float)
+    want = pipeline.run(muse, torch.from_numpy(frame).permute(2, 0, 1)[None].float())
+    want = want[0, :, :36, :62].permute(1, 2, 0).numpy()
+    assert got.shape == want.shape
+    # 7.7 here: 4:2:0 chroma on a 62x36 texture (4.7 of it at CRF 0); one pixel off gives 13.5 (rows), 17.9 (columns)
+    error = np.abs(got - want).mean()
+    assert error < 10
+    assert np.abs(got[:, 1:] - want[:, :-1]).mean() > 1.5 * error
+    assert np.abs(got[1:] - want[:-1]).mean() > 1.5 * error
+
+
 def test_odd_size_gives_even_output_and_rotation_is_kept(muse, tmp_path: Path) -> None:
     src = make_clip(tmp_path / "odd.mov", width=63, height=37, pts=PTS[:6], audio=False, rotation=90)
     dst = tmp_path / "odd.mkv"
