@@ -47,6 +47,9 @@ class EmbeddedWorker:
 
         worker_id = f"embedded-{socket.gethostname()}-{os.getpid()}"
         self.worker = Worker(queue, WorkerSettings(), worker_id=worker_id)
+        # One worker thread: a long tiled job lets the jobs queued behind it run between its tiles (every 0.5 s
+        # at most), so a quick request is not held up for minutes (docs/architecture.md, "Long jobs").
+        self.worker.interleave_s = 0.5
         self.state = state
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="percept-worker", daemon=True)

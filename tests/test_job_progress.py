@@ -311,3 +311,28 @@ def test_closing_the_connection_cancels_the_job_over_real_http() -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A long job does not starve short ones (the embedded worker interleaves)
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_short_jobs_run_between_the_tiles_of_a_long_one(slow_sr, interleave: bool) -> None:
+    queue, worker, tiles = slow_sr
+    worker.interleave_s = 0.0 if interleave else None
+    long_id = queue.submit("tiny-sr", JobParams(), _png(160, 160))
+    thread = _run_in_thread(worker)
+    wait_until(lambda: (queue.status(long_id).progress_done or 0) >= 1, 20, "the long job's first tile")
+    short_id = queue.submit("tiny-sr", JobParams(), _png(16, 16))  # one pass, no tiles
+    other_long = queue.submit("tiny-sr", JobParams(), _png(160, 160))  # queued behind the short one
+    thread.join(30)
+    if not interleave:  # the step ends with the long job; the others wait for the next one
+        assert queue.status(short_id).status is JobState.QUEUED
+        return
+    long_rec, short_rec = queue.status(long_id), queue.status(short_id)
+    assert long_rec.status is JobState.DONE and short_rec.status is JobState.DONE
+    assert short_rec.finished_at < long_rec.finished_at  # served while the long job was still running
+    # The second long job was taken then too, and ran after the first: its place in the queue.
+    other = queue.status(other_long)
+    assert other.status is JobState.DONE and other.started_at < long_rec.finished_at < other.finished_at
