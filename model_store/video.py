@@ -184,7 +184,12 @@ def process(net: TransformNet, src: Path, dst: Path, options: Options = Options(
         def write() -> None:
             try:
                 while True:
-                    item = encoded.get()
+                    try:
+                        item = encoded.get(timeout=0.1)
+                    except queue.Empty:
+                        if stop.is_set():  # interrupted or failed elsewhere: the file is being thrown away
+                            return
+                        continue
                     if item is _END:
                         break
                     if isinstance(item, av.Packet):

@@ -37,7 +37,7 @@ class ServiceSettings(QueueSettings):
     max_checkpoint_bytes: int = Field(1024 * 2**20, ge=1)
     # Video uploads (MP4/MOV/MKV/WebM, told from images by their bytes; always a 202 job): bytes, seconds, and
     # frames x pixels of the input (500 M: about a minute of 640x360 at 30 fps, which a 2-core CPU worker
-    # stylizes in about 45 minutes: 1.2 frames/s at 454x256, 0.4 at 852x480 in bench/video.py).
+    # stylizes in about 6 minutes: bench/video.py measures 11 frames/s at 454x256 and 3.2 at 852x480).
     max_video_bytes: int = Field(100 * 2**20, ge=1)
     max_video_seconds: float = Field(60.0, gt=0)
     max_video_frame_pixels: int = Field(500_000_000, ge=1)
