@@ -12,9 +12,10 @@ from fastapi.responses import FileResponse
 
 INDEX = Path(__file__).resolve().parent / "static" / "index.html"
 
-# Inline script and styles only; images are the service's own (thumbnails) or blob: URLs of the user's files.
+# Inline script and styles only; images are the service's own (thumbnails) or blob: URLs of the user's files,
+# and so is a video result (media-src blob:).
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
-       "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
+       "media-src blob:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
 
 router = APIRouter(include_in_schema=False)
 
