@@ -13,7 +13,7 @@ from test_video import PTS, audio_packets, make_clip, video_pts_seconds
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from worker.queue import MemoryQueue
+from worker.queue import JobQueue, MemoryQueue, RedisQueue
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 
@@ -25,14 +25,16 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clips") / "in.mp4", pts=PTS[:10])
 
 
-def service(**limits) -> tuple[TestClient, MemoryQueue]:
-    queue = MemoryQueue()
+def service(queue: JobQueue | None = None, **limits) -> tuple[TestClient, JobQueue]:
+    queue = queue or MemoryQueue()
     return TestClient(create_app(ServiceSettings(**limits), queue=queue, start_worker=False)), queue
 
 
-@pytest.fixture
-def api(tmp_store: Path) -> Iterator[tuple[TestClient, MemoryQueue, Worker]]:
-    client, queue = service()
+@pytest.fixture(params=["memory", "redis"])
+def api(request: pytest.FixtureRequest, tmp_store: Path) -> Iterator[tuple[TestClient, JobQueue, Worker]]:
+    """The service and a worker the test steps, on either queue (the clip's bytes and result travel through it)."""
+    queue = RedisQueue(request.getfixturevalue("redis_db"), ttl_s=60) if request.param == "redis" else None
+    client, queue = service(queue)
     worker = Worker(queue, WorkerSettings(device="cpu", warmup_sizes="", max_batch_delay_ms=1))
     worker.ready = True
     with client:
