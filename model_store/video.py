@@ -142,7 +142,12 @@ def process(net: TransformNet, src: Path, dst: Path, options: Options = Options(
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")
     inp = open_input(src)
-    out = av.open(str(tmp), "w", format=fmt)
+    try:
+        out = av.open(str(tmp), "w", format=fmt)
+    except BaseException:
+        inp.close()
+        tmp.unlink(missing_ok=True)
+        raise
     stop = threading.Event()
     threads: list[_Worker] = []
     done = 0
