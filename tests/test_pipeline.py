@@ -43,8 +43,9 @@ def test_cli_and_api_give_identical_pixels(tmp_path: Path) -> None:
                             "--preserve-color", "--max-side", "32"])
     assert r.exit_code == 0, r.output
     with TestClient(create_app(ServiceSettings(device="cpu", warmup_sizes=""))) as client:
+        # wait=120: the first request of a model may convert it for OpenVINO first (seconds, more under load)
         resp = client.post("/stylize", params={"style": "muse", "strength": 0.6, "preserve_color": True,
-                                               "max_side": 32}, content=src.read_bytes(),
+                                               "max_side": 32, "wait": 120}, content=src.read_bytes(),
                            headers={"Content-Type": "image/png"})
     assert resp.status_code == 200, resp.text
     cli = np.asarray(Image.open(out))

@@ -379,7 +379,7 @@ def test_models_and_styles(client: TestClient) -> None:
 
 def test_probes_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "detail": None, "mode": "embedded",
-                                             "queue_depth": None, "workers": None}
+                                             "queue_depth": None, "workers": None, "backends": None}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["workers"] == 1
 
