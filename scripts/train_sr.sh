@@ -9,8 +9,8 @@
 # $MODEL_STORE (else the user store; MODEL_STORE=model_store/builtin for the shipped models).
 # Paths come from the environment: PERCEPT_DATA, PERCEPT_VGG_WEIGHTS, PERCEPT_RUNS.
 #
-# Measured on 2 CPU cores (2026-12-05): the x4 fine-tune at batch 8, 144², bf16 autocast ran ~2-6 s/it under a
-# shared load; the GPU stage lengths below are the point of this script (the CPU run stopped after a few hundred).
+# Measured on 2 CPU cores (2026-12-05): the x4 fine-tune at batch 8, 144², bf16 autocast ran 0.15-1.1 it/s on
+# the shared machine, 800 iterations in all; the GPU stage lengths below are the point of this script.
 set -u
 stage=${1:?pixel, feat or all}
 budget=${2:?seconds per stage}
@@ -46,7 +46,9 @@ if [ "$stage" = pixel ] || [ "$stage" = all ]; then
 fi
 if [ "$stage" = feat ] || [ "$stage" = all ]; then
   # ESRGAN fine-tune: lr 1e-4, from the pixel network just published; feature loss (relu2_2) + 10 x pixel MSE
-  # (about a fifth of the feature term at the start) + TV 2e-4 (per-image sum; the grid's cheapest cure).
+  # (about a fifth of the feature term at the start) + TV 2e-4 (per-image sum). On the CPU, weight 10 kept the
+  # 4-px lattice at the photos' level while weights 2 and 0.5 brought it back stronger than v1's within 100
+  # iterations (docs/training.md): check `python scripts/sr_figures.py lattice --new sr_x4@N` before shipping.
   ft="--loss feat --pixel-weight 10 --tv-weight 2e-4 --lr 1e-4 --iterations 50000"
   run_stage "sr_x4:--factor 4 $ft --init-from sr_x4_pixel" "sr_x8:--factor 8 $ft --init-from sr_x8_pixel"
 fi

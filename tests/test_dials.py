@@ -170,3 +170,26 @@ def test_eval_sr_detail_ends_are_the_two_models(sr_pair, tmp_path: Path) -> None
     assert evaluate_sr(None, 4, data, detail=0.0)["psnr"] == ends["pixel"]
     one = evaluate_sr(None, 4, data, detail=1.0)
     assert one["psnr"] == ends["feat"] and one["model"] == "sr_x4 detail=1"
+
+
+def test_shipped_dial_trades_psnr_for_sharpness_monotonically(shared_data: Path, monkeypatch) -> None:
+    """The built-in pair: PSNR falls and the mean gradient rises along the dial (96² crops of three Set5
+    photos, the paper's degradation)."""
+    from trainer.data import crop_to_multiple, degrade
+    from trainer.metrics import mean_gradient_magnitude, psnr_y
+
+    monkeypatch.delenv("MODEL_STORE", raising=False)
+    try:
+        pixel_name, feat_name = store.sr_detail_pair(4)
+    except store.ModelStoreError as e:
+        pytest.skip(str(e))
+    pixel, feat = store.load(pixel_name)[0], store.load(feat_name)[0]
+    hrs = [crop_to_multiple(tensors.load_image(shared_data / "sr" / "Set5" / f"{n}.png"), 4)[..., 100:196, 100:196]
+           for n in ("baby", "bird", "head")]
+    psnr, grad = [], []
+    for d in (0.0, 0.5, 1.0):
+        outs = [pipeline.run(pipeline.detail_net(pixel, feat, d), degrade(hr, 4)) for hr in hrs]
+        psnr.append(sum(psnr_y(o, h, border=4) for o, h in zip(outs, hrs, strict=True)))
+        grad.append(sum(mean_gradient_magnitude(o) for o in outs))
+    assert psnr[0] > psnr[1] > psnr[2], psnr
+    assert grad[0] < grad[1] < grad[2], grad
