@@ -405,3 +405,21 @@ def test_the_api_docs_render_offline(browser: Any, server: str) -> None:
         assert not errors, errors
     finally:
         context.close()
+
+
+def test_the_chosen_style_shows_its_model_card(page: Page) -> None:
+    """The style's painting, artist and licence (the manifest's model card, GET /models/{name}) under the cards."""
+    p = page.page
+    p.locator("label.card[data-value=muse]").click()
+    p.wait_for_function("() => document.getElementById('style-card').textContent.includes('Picasso')")
+    assert "La Muse" in p.locator("#style-card").inner_text()
+    p.locator("label.card[data-value=wave]").click()
+    p.wait_for_function("() => document.getElementById('style-card').textContent.includes('Hokusai')")
+    assert "Picasso" not in p.locator("#style-card").inner_text()
+
+
+def test_a_card_with_unknown_fields_prints_no_null(page: Page) -> None:
+    p = page.page
+    p.locator("label.card[data-value=candy]").click()
+    p.wait_for_function("() => document.getElementById('style-card').textContent.length > 0")
+    assert "null" not in p.locator("#style-card").inner_text()
