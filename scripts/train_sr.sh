@@ -46,9 +46,9 @@ if [ "$stage" = pixel ] || [ "$stage" = all ]; then
 fi
 if [ "$stage" = feat ] || [ "$stage" = all ]; then
   # ESRGAN fine-tune: lr 1e-4, from the pixel network just published; feature loss (relu2_2) + 10 x pixel MSE
-  # (about a fifth of the feature term at the start) + TV 2e-4 (per-image sum). On the CPU, weight 10 kept the
-  # 4-px lattice at the photos' level while weights 2 and 0.5 brought it back stronger than v1's within 100
-  # iterations (docs/training.md): check `python scripts/sr_figures.py lattice --new sr_x4@N` before shipping.
+  # (about a fifth of the feature term at the start) + TV 2e-4 (per-image sum). On the CPU the 4-px lattice came
+  # back with the feature loss at every pixel weight (fastest at 2 and 0.5, slower at 10; docs/training.md):
+  # check `python scripts/sr_figures.py lattice --new sr_x4@N` before shipping, and publish none that has it.
   ft="--loss feat --pixel-weight 10 --tv-weight 2e-4 --lr 1e-4 --iterations 50000"
   run_stage "sr_x4:--factor 4 $ft --init-from sr_x4_pixel" "sr_x8:--factor 8 $ft --init-from sr_x8_pixel"
 fi
