@@ -139,6 +139,8 @@ async def stylize(
     max_side: int | None = MAX_SIDE_Q,
     strength: float = Query(1.0, ge=0.0, le=1.0, description="blend with the input: 1 full style, 0 the input"),
     preserve_color: bool = Query(False, description="keep the input's colours, take the style's luminance"),
+    stroke: float = Query(1.0, ge=1.0, le=4.0, description="brush strokes this many times larger: stylized at "
+                          "1/stroke of the size, then brought back by the pixel-loss SR network (1 = off)"),
     wait: float | None = WAIT_Q,
     run_async: bool = ASYNC_Q,
     idempotency_key: str | None = IDEMPOTENCY_H,
@@ -146,8 +148,10 @@ async def stylize(
 ) -> Response:
     """Apply a style to an image (raw body with an image/* Content-Type, or multipart field `file`)."""
     check_style(style)
+    if stroke != 1.0 and store.sr_model_name(4, "pixel") not in store.list_models():
+        raise HTTPException(422, "stroke needs the x4 pixel-loss SR model (sr_x4_pixel), which is not installed")
     params = JobParams(format=fmt, quality=quality, max_side=max_side, strength=strength,
-                       preserve_color=preserve_color)
+                       preserve_color=preserve_color, stroke=stroke)
     return await run_job(request, state, style, 1, params, wait, run_async, idempotency_key)
 
 
@@ -163,14 +167,23 @@ async def upscale(
         "feat", description="feat: the feature-loss network (sharper detail, as in the paper's figures); pixel: the "
                             "pixel-loss baseline (higher PSNR, smoother)"),
     histmatch: bool = Query(False, description="match the output's colour histogram to the input's"),
+    detail: float | None = Query(None, ge=0.0, le=1.0, description="0 faithful (the pixel-loss network) .. 1 "
+                                 "sharp (the feature-loss network fine-tuned from it), their weights interpolated "
+                                 "in between; overrides loss (feat = 1, pixel = 0)"),
     wait: float | None = WAIT_Q,
     run_async: bool = ASYNC_Q,
     idempotency_key: str | None = IDEMPOTENCY_H,
     state: ServiceState = Depends(get_state),
 ) -> Response:
     """Super-resolve an image by `factor` (raw body with an image/* Content-Type, or multipart field `file`)."""
-    model = check_sr(factor, loss)
-    params = JobParams(format=fmt, quality=quality, max_side=max_side, histmatch=histmatch)
+    if detail is not None:
+        try:
+            model = store.sr_detail_pair(factor)[1]
+        except store.ModelStoreError as e:
+            raise HTTPException(422, str(e)) from None
+    else:
+        model = check_sr(factor, loss)
+    params = JobParams(format=fmt, quality=quality, max_side=max_side, histmatch=histmatch, detail=detail)
     return await run_job(request, state, model, factor, params, wait, run_async, idempotency_key)
 
 
