@@ -423,3 +423,17 @@ def test_a_card_with_unknown_fields_prints_no_null(page: Page) -> None:
     p.locator("label.card[data-value=candy]").click()
     p.wait_for_function("() => document.getElementById('style-card').textContent.length > 0")
     assert "null" not in p.locator("#style-card").inner_text()
+
+
+def test_larger_brush_strokes(page: Page, photo: Path) -> None:
+    """The stroke dial: the request carries stroke=2, the result keeps the photo's size, the name says so."""
+    p = page.page
+    p.set_input_files("#file", str(photo))
+    p.wait_for_function("() => document.getElementById('input-preview').naturalWidth === 64")
+    p.locator("label.card[data-value=muse]").click()
+    p.select_option("#stroke", "2")
+    assert run_job(page) == W
+    posts = [r for r in page.requests if r.startswith("POST ")]
+    assert "stroke=2" in posts[-1], posts
+    assert p.locator("#download").get_attribute("download") == "street-muse-stroke2.png"
+    page.assert_no_errors()
