@@ -78,6 +78,9 @@ _IMAGE_MEDIA_TYPES = {
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 DEFAULT_QUALITY = 90
+# zlib level 1 instead of Pillow's 6: a 256² stylized PNG encodes in 4 ms instead of 11 ms (2 cores) for ~13 %
+# more bytes (116 vs 103 kB), the largest single cost of a request beyond the model (issue 15). Lossless either way.
+PNG_COMPRESS_LEVEL = 1
 
 # What a failing decoder may raise: Pillow uses OSError for truncation, SyntaxError for broken PNG chunks,
 # and plugins leak struct/zlib/value errors on malformed fields.
@@ -260,7 +263,7 @@ def encode(pixels: np.ndarray, fmt: str, quality: int | None = None) -> tuple[by
     pil = Image.fromarray(rounded, "RGBA" if rounded.shape[2] == 4 else "RGB")
     buffer = io.BytesIO()
     if fmt == "png":
-        pil.save(buffer, "PNG")
+        pil.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
     elif fmt == "jpeg":
         pil.save(buffer, "JPEG", quality=quality)
     else:

@@ -29,19 +29,23 @@ def collect(
     an item (or None when it failed and was dealt with)."""
     groups: dict[Hashable, list[T]] = {}
 
-    def take(block_ms: int) -> None:
-        for job in reserve(max_batch_size, block_ms):
+    def add(jobs: list[Any]) -> None:
+        for job in jobs:
             item = prepare(job)
             if item is not None:
                 groups.setdefault(key(item), []).append(item)
 
-    take(first_wait_ms)
+    # The window opens when the first job arrives, before it is decoded: decoding it (~10 ms for a 256² noise
+    # PNG on 2 cores) overlaps the wait for more jobs instead of coming on top of it (issue 15: -10 ms/request
+    # at one client).
+    first = reserve(max_batch_size, first_wait_ms)
+    deadline = time.monotonic() + max_batch_delay_s
+    add(first)
     if not groups:
         return []
-    deadline = time.monotonic() + max_batch_delay_s
     while all(len(g) < max_batch_size for g in groups.values()):
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
             break
-        take(remaining_ms)
+        add(reserve(max_batch_size, remaining_ms))
     return [g[i : i + max_batch_size] for g in groups.values() for i in range(0, len(g), max_batch_size)]
