@@ -7,6 +7,9 @@ Measures, on each device, in one run:
   the same under fp16 autocast; on the CPU each backend/precision of `model_store.backends` this machine has
   (OpenVINO fp32/bf16, torch bf16 autocast where bf16 is native) at each size, with its speed-up over eager fp32
   measured alongside;
+- on the CPU, the same-network row: the pytorch/examples ``fast_neural_style`` TransformerNet layout
+  (`bench.examples_net`) against the project's network at width 1, both eager fp32, and the shipped model in the
+  default backend, at each size, ratios in one run (the three alternate call by call);
 - one style-training iteration (batch 4, 256²): transform net forward, `StyleObjective` with the real VGG-16,
   backward and an Adam step, as `trainer.train` does it (on CUDA with channels_last, cuDNN benchmark and TF32,
   plus a mixed-precision row like ``--amp``);
@@ -119,6 +122,52 @@ def bench_backends(net: TransformNet, sizes: tuple[int, ...], quick: bool) -> li
     return out
 
 
+def bench_examples(muse: TransformNet, muse_name: str, sizes: tuple[int, ...], quick: bool) -> list[dict[str, Any]]:
+    """The same-network row: pytorch/examples' TransformerNet layout (`bench.examples_net`) against the project's
+    network at width 1 (both eager fp32, random weights) and the shipped model in the default backend, batch 1.
+    The three alternate call by call at each size, so that the machine's load drift falls on all of them."""
+    from bench.examples_net import ExamplesTransformerNet
+    from model_store import backends, inference
+
+    cpu = torch.device("cpu")
+    examples = ExamplesTransformerNet().eval()
+    ours = build_network(NetworkConfig(kind="style", preset="modern", width=1.0)).eval()
+    choice = backends.choose("auto", "auto", cpu)
+    default_fwd = backends.make_forward(choice)
+
+    def eager(net: torch.nn.Module, x: torch.Tensor) -> None:
+        with torch.inference_mode():
+            net(x)
+
+    out = []
+    for size in sizes:
+        x = images(1, size, cpu)
+        repeats = 2 if quick else max(3, 7 * 256 * 256 // (size * size))
+        runs: dict[str, Callable[[], Any]] = {
+            "examples": lambda x=x: eager(examples, x),
+            "ours": lambda x=x: inference.forward(ours, x, half=False),
+            "default": lambda x=x: default_fwd(muse, x),
+        }
+        for fn in runs.values():  # warm-up (OpenVINO compiles per shape here)
+            fn()
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(repeats):
+            for k, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - start)
+        ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+        base = ms["examples"]
+        out.append(row(cpu, "pytorch/examples TransformerNet fp32", size, 1, ms["examples"], "ms/image", repeats,
+                       "random weights, eager"))
+        out.append(row(cpu, "ours modern width 1 fp32 (same net)", size, 1, ms["ours"], "ms/image", repeats,
+                       f"{base / ms['ours']:.2f}x the examples layout"))
+        out.append(row(cpu, f"{muse_name.split()[0]} default backend {choice.label}", size, 1, ms["default"],
+                       "ms/image", repeats, f"{base / ms['default']:.2f}x the examples layout"))
+    return out
+
+
 def bench_train(config: NetworkConfig, vgg: LossNetwork, device: torch.device, size: int, batch: int,
                 repeats: int, warmup: int, amp: bool = False) -> float:
     """Median ms per training iteration (forward, losses, backward, Adam step), as trainer.train runs it."""
@@ -191,6 +240,8 @@ def bench_device(device: torch.device, quick: bool) -> tuple[list[dict[str, Any]
     if not cuda:  # the CPU backends (model_store.backends), interleaved per size with eager fp32: ratios in one run
         rows += bench_backends(net, sizes, quick)
         print("  cpu: backends done", file=sys.stderr, flush=True)
+        rows += bench_examples(net, model, sizes, quick)
+        print("  cpu: pytorch/examples layout done", file=sys.stderr, flush=True)
 
     vgg = load_loss_network().to(device)
     gatys_n = 2 if quick else 5
