@@ -164,6 +164,20 @@ def test_reserve_blocks_until_a_job_arrives(queue: JobQueue) -> None:
         timer.join()
 
 
+def test_short_reserve_waits_its_window_and_sees_a_job_arriving_in_it(queue: JobQueue) -> None:
+    # Below Redis's 100 ms timer tick RedisQueue polls instead of blocking (a BLOCK 10 lasted up to 100 ms): the
+    # window must still be waited out when nothing comes, and a job arriving inside it must be taken.
+    start = time.monotonic()
+    assert queue.reserve("w1", 1, 40) == []
+    assert 0.035 < time.monotonic() - start < 2
+    timer = threading.Timer(0.02, lambda: queue.submit("muse", PNG, b"x"))
+    timer.start()
+    try:
+        assert len(queue.reserve("w1", 1, 90)) == 1
+    finally:
+        timer.join()
+
+
 def test_wait_returns_when_done_or_times_out(queue: JobQueue) -> None:
     job_id = queue.submit("muse", PNG, b"x")
     start = time.monotonic()
