@@ -72,3 +72,22 @@ def test_failed_preparation_is_dropped():
     batches = collect(lambda n, ms: q.reserve("w", n, ms), lambda j: None if j.params.histmatch else j,
                       lambda j: j.model, 8, 0.05, 100)
     assert [len(b) for b in batches] == [2]
+
+
+def test_the_window_opens_when_the_first_job_arrives_so_its_decode_counts_in_it():
+    # A first job whose preparation (decoding) outlasts the batch delay: no further read, no second wait.
+    q = MemoryQueue()
+    q.submit("muse", JobParams(max_side=64), b"x")
+    reads: list[int] = []
+
+    def reserve(n: int, ms: int):
+        reads.append(ms)
+        return q.reserve("w", n, ms)
+
+    def slow_prepare(job):
+        time.sleep(0.15)
+        return job
+
+    batches = collect(reserve, slow_prepare, lambda job: job.model, 8, 0.05, 200)
+    assert [len(b) for b in batches] == [1]
+    assert reads == [200]
