@@ -10,6 +10,7 @@ Both run the service's inference pipeline (`model_store.pipeline`), so they give
 
 from __future__ import annotations
 
+from contextlib import suppress
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,8 +50,23 @@ def upscale(image: str | Path | Image.Image, factor: int = 4, *, loss: str = "fe
                 Options(max_side=max_side, histmatch=histmatch, detail=detail), device)
 
 
-@lru_cache(maxsize=8)
 def _network(model: str, device: str) -> TransformNet:
+    """The loaded network, kept between calls. A store model is keyed by the version it resolves to now (its
+    folder and weights' sha256: a manifest read, not a reload), so a newly published default version, or another
+    MODEL_STORE, is picked up by the next call."""
+    from model_store import store
+
+    where = ""
+    if not model.endswith(".pt") and not Path(model).is_file():
+        name, _, version = model.partition("@")
+        with suppress(store.ModelStoreError, ValueError):  # unknown: pipeline.load reports it
+            entry = store.get(name, int(version) if version else None)
+            model, where = f"{name}@{entry.version}", f"{entry.path}:{entry.manifest.get('sha256')}"
+    return _loaded(model, device, where)
+
+
+@lru_cache(maxsize=8)
+def _loaded(model: str, device: str, where: str) -> TransformNet:
     from model_store import pipeline
 
     return pipeline.load(model, device)[0]

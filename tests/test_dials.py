@@ -38,9 +38,7 @@ def sr_pair(tmp_store: Path) -> Iterator[tuple[torch.nn.Module, torch.nn.Module]
             p.add_(0.05 * torch.randn_like(p))
     store.publish("sr_x4_pixel", pixel, {"task": "sr", "loss": "pixel"}, half=False)
     store.publish("sr_x4", feat, {"task": "sr", "loss": "feat", "init_from": "sr_x4_pixel@1"}, half=False)
-    percept._network.cache_clear()  # it caches by name: nets of another test's store must not leak in
     yield pixel, feat
-    percept._network.cache_clear()
 
 
 def _rgb(h: int = 12, w: int = 9) -> Image.Image:
@@ -115,7 +113,6 @@ def test_stroke_keeps_odd_sizes_and_alpha_and_runs_both_nets(sr_pair, tmp_store:
     # End to end with alpha, through the Python API.
     rgba = Image.new("RGBA", (23, 37), (200, 100, 50, 255))
     rgba.putpixel((3, 4), (0, 0, 0, 0))
-    percept._network.cache_clear()
     result = percept.stylize(rgba, "tiny_style", stroke=stroke)
     assert result.size == (23, 37) and result.mode == "RGBA" and result.getpixel((3, 4))[3] == 0
 

@@ -145,3 +145,14 @@ def test_help_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
+
+
+def test_python_api_serves_a_newly_published_version(tmp_store: Path) -> None:
+    torch.manual_seed(0)
+    store.publish("tiny-style", build_network(NetworkConfig(kind="style", width=0.25, residual_blocks=1)))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    first = np.asarray(percept.stylize(image, "tiny-style"))
+    torch.manual_seed(1)
+    store.publish("tiny-style", build_network(NetworkConfig(kind="style", width=0.25, residual_blocks=1)))
+    assert not np.array_equal(np.asarray(percept.stylize(image, "tiny-style")), first)  # v2, not the cached v1
+    assert np.array_equal(np.asarray(percept.stylize(image, "tiny-style@1")), first)
