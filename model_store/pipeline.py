@@ -134,6 +134,10 @@ BLEND_CACHE = 16
 _blends: OrderedDict[tuple[int, int, float], tuple[TransformNet, TransformNet, TransformNet]] = OrderedDict()
 _blends_lock = threading.Lock()
 STROKES = (1.0, 4.0)  # the stroke dial's range: 4 is the largest pixel-loss SR factor shipped
+# The SR factor the stroke dial brings the small stylized image back with: x4, the one pixel-loss factor shipped,
+# serves every stroke in (1, 4] (the remainder is an antialiased bicubic resize, which loses nothing the SR net
+# made up).
+STROKE_SR_FACTOR = 4
 
 
 def detail_net(pixel: TransformNet, feat: TransformNet, detail: float) -> TransformNet:
@@ -180,14 +184,8 @@ def dialled(net: TransformNet, options: Options, get: GetNet | None) -> tuple[Tr
             raise ValueError(f"stroke must be between {STROKES[0]:g} and {STROKES[1]:g}, got {options.stroke:g}")
         if get is None:
             raise ValueError("stroke needs the store's pixel-loss SR network")
-        return net, get(store.sr_model_name(stroke_factor(options.stroke), "pixel"))
+        return net, get(store.sr_model_name(STROKE_SR_FACTOR, "pixel"))
     return net, None
-
-
-def stroke_factor(stroke: float) -> int:
-    """The SR factor the stroke dial uses: the smallest shipped pixel-loss factor >= stroke (x4 for 1 < S <= 4;
-    the remainder is an antialiased bicubic downsample, which loses nothing the SR net made up)."""
-    return 4
 
 
 def infer_with(net: TransformNet, inputs: list[torch.Tensor], options: Options, get: GetNet | None = None,

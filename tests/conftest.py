@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VGG_WEIGHTS = SHARED_DATA / "weights" / "vgg16_relu4_3.safetensors"
@@ -71,12 +71,6 @@ def _no_inherited_redis_url() -> Iterator[None]:
     os.environ.update(saved)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RedisServer:
     """A `redis-server` child process on 127.0.0.1: no RDB, no AOF (unless `appendonly`), its files in `workdir`.
 
@@ -119,7 +113,7 @@ class RedisServer:
         attempts = 1 if self.port is not None else 3
         for attempt in range(attempts):
             if attempt or self.port is None:
-                self.port = _free_port()
+                self.port = free_port()
             try:
                 self._spawn_and_wait(timeout)
                 return self

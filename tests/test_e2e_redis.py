@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import free_port
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _png(w: int, h: int) -> bytes:
@@ -37,7 +31,7 @@ def service(redis_server):
     redis_server.start()  # a no-op unless a test stopped it
     redis_server.flush()
     redis_url = redis_server.url
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "PERCEPT_WARMUP_SIZES": "32", "PERCEPT_DEVICE": "cpu",
            "PERCEPT_HEARTBEAT_S": "0.5", "PERCEPT_MAX_BATCH_DELAY_MS": "50"}
     cli = [sys.executable, "-m", "percept.cli"]

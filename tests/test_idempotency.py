@@ -8,7 +8,6 @@ import hashlib
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from test_limits import CLI, _env, _free_port
+from helpers import free_port, start_serve
+from test_limits import _env
 from test_service_api import KEY, assert_error, photo, post_image
 
 from service.app import create_app
@@ -141,20 +141,9 @@ def test_http_evicted_result_is_410(idle: tuple[TestClient, MemoryQueue]) -> Non
 
 def test_retry_after_the_api_process_died_gets_the_stored_result(redis_db: str) -> None:
     def start(port: int) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--port", str(port), "--redis-url", redis_db,
-                                 "--log-level", "warning"], env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    return proc
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "percept serve did not start"
-            time.sleep(0.2)
+        return start_serve(port, "--redis-url", redis_db, env=_env())
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/stylize"
     request = {"params": {"style": "candy", "wait": 1}, "content": photo(),
                "headers": {"Content-Type": "image/png", "Idempotency-Key": "crash-retry-7"}}

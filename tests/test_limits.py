@@ -11,13 +11,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from helpers import free_port, start_serve, stop
 from PIL import Image
 from test_service_api import KEY, assert_error
 
@@ -29,12 +29,6 @@ from worker.queue import MemoryQueue
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CLI = "from percept.cli import app; app()"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -61,22 +55,12 @@ def _request(port: int, head: bytes, timeout: float = 10.0) -> bytes:
 @pytest.fixture(scope="module")
 def server() -> Iterator[int]:
     """`percept serve` in a subprocess (embedded, no worker warm-up) on a free port."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--port", str(port), "--log-level", "warning"],
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    port = free_port()
+    proc = start_serve(port, env=_env())
     try:
-        deadline = time.monotonic() + 60
-        while b"HTTP/1.1 200" not in _try_health(port):
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "percept serve did not start"
-            time.sleep(0.2)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def _try_health(port: int) -> bytes:

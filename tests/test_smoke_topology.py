@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import free_port
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "smoke-test-admin-key"
 STARTUP_S = 90
 N_WORKERS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _png(w: int, h: int, seed: int) -> bytes:
@@ -82,7 +76,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory):
     if redis_server is None:
         pytest.skip("redis-server is not installed")
     logs = tmp_path_factory.mktemp("smoke")
-    redis_port, api_port = _free_port(), _free_port()
+    redis_port, api_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("PERCEPT_") or k in ("REDIS_URL", "MODEL_STORE"))}
@@ -209,7 +203,7 @@ def test_image_healthchecks_against_live_processes(topology):
     assert worker.returncode == 0, worker.stderr
     assert topology["no_worker_healthcheck"] == 1
 
-    wrong_port = {**env, "PERCEPT_PORT": str(_free_port())}
+    wrong_port = {**env, "PERCEPT_PORT": str(free_port())}
     down = subprocess.run(_healthcheck("api.Dockerfile"), env=wrong_port, capture_output=True, timeout=30)
     assert down.returncode != 0
 

@@ -8,7 +8,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import free_port
 from PIL import Image
 
 from model_store import store
@@ -254,17 +254,11 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(
     assert (run_dir / "previews" / "final.png").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_gloo_two_processes(images: Path, vgg_weights: Path, tmp_path: Path) -> None:
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     run_dir, logs = tmp_path / "run", tmp_path / "torchrun"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "--log-dir", str(logs), "--redirects", "1",  # each rank's stdout in its own file
            "-m", "percept.cli", "train", "sr", "--factor", "4", "--loss", "pixel", "--name", "ddp",
            "--data", str(images), "--iterations", "4", "--batch-size", "2", "--image-size", "32", "--width", "0.25",

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import free_port, start_serve, stop
 from PIL import Image
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -29,7 +26,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.is_file():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -45,12 +41,6 @@ RESULT_SHOWN = """() => {
   const img = document.getElementById('result-image');
   return !document.getElementById('output').hidden && img.complete && img.naturalWidth > 0 ? img.naturalWidth : 0;
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(url: str, data: bytes | None = None, headers: dict[str, str] | None = None,
@@ -74,31 +64,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env.update(PERCEPT_WARMUP_SIZES="32", PERCEPT_HEARTBEAT_S="0.5", PERCEPT_MAX_BATCH_DELAY_MS="2",
                PERCEPT_TILE_PIXELS="1000000",
                OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
-    url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "percept.cli", "serve", "--port", str(port),
-                                 "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"percept serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if http(f"{url}/readyz", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"percept serve not ready within {STARTUP_S:.0f} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
+        proc = start_serve(port, env=env, ready="/readyz", timeout=STARTUP_S, log=log)
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(proc, 15)
 
 
 @pytest.fixture(scope="module")

@@ -385,7 +385,7 @@ class Worker:
         self._interleaving = True
         try:
             jobs = self._hold(self.queue.reserve(self.id, self.settings.max_batch_size, 0))
-            groups: dict[tuple[str, int, int, bool], list[Item]] = {}
+            groups: dict[tuple, list[Item]] = {}  # by Item.key
             for job in jobs:
                 item = self._prepare(job)
                 if item is None:
