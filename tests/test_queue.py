@@ -150,30 +150,24 @@ def test_max_depth_counts_queued_and_running_jobs(queue: JobQueue) -> None:
     assert queue.depth() == 4
 
 
-def test_reserve_blocks_until_a_job_arrives(queue: JobQueue) -> None:
+# Below Redis's 100 ms timer tick RedisQueue polls instead of blocking (a BLOCK 10 lasted up to 100 ms): a short
+# window must still be waited out when nothing comes, and a job arriving inside it must be taken, as a long one.
+@pytest.mark.parametrize("empty_ms, empty_s, arrive_s, take_ms, take_s", [
+    (200, (0.15, 3), 0.2, 5000, 4),
+    (40, (0.035, 2), 0.02, 90, None),
+], ids=["blocking", "below-redis-timer-tick"])
+def test_reserve_waits_its_window_and_takes_a_job_arriving_in_it(
+        queue: JobQueue, empty_ms: int, empty_s: tuple[float, float], arrive_s: float, take_ms: int,
+        take_s: float | None) -> None:
     start = time.monotonic()
-    assert queue.reserve("w1", 1, 200) == []
-    assert 0.15 < time.monotonic() - start < 3
-    timer = threading.Timer(0.2, lambda: queue.submit("muse", PNG, b"x"))
+    assert queue.reserve("w1", 1, empty_ms) == []
+    assert empty_s[0] < time.monotonic() - start < empty_s[1]
+    timer = threading.Timer(arrive_s, lambda: queue.submit("muse", PNG, b"x"))
     timer.start()
     try:
         start = time.monotonic()
-        jobs = queue.reserve("w1", 1, 5000)
-        assert len(jobs) == 1 and time.monotonic() - start < 4
-    finally:
-        timer.join()
-
-
-def test_short_reserve_waits_its_window_and_sees_a_job_arriving_in_it(queue: JobQueue) -> None:
-    # Below Redis's 100 ms timer tick RedisQueue polls instead of blocking (a BLOCK 10 lasted up to 100 ms): the
-    # window must still be waited out when nothing comes, and a job arriving inside it must be taken.
-    start = time.monotonic()
-    assert queue.reserve("w1", 1, 40) == []
-    assert 0.035 < time.monotonic() - start < 2
-    timer = threading.Timer(0.02, lambda: queue.submit("muse", PNG, b"x"))
-    timer.start()
-    try:
-        assert len(queue.reserve("w1", 1, 90)) == 1
+        jobs = queue.reserve("w1", 1, take_ms)
+        assert len(jobs) == 1 and (take_s is None or time.monotonic() - start < take_s)
     finally:
         timer.join()
 
