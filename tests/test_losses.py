@@ -12,6 +12,7 @@ from trainer.losses import (
     StyleRecipe,
     feature_loss,
     gram,
+    lattice_loss,
     pixel_loss,
     style_loss,
     tv_loss,
@@ -131,3 +132,20 @@ def test_gradients_reach_the_image_not_the_loss_network(random_vgg, images: dict
     for p in random_vgg.parameters():
         assert not p.requires_grad
         assert p.grad is None
+
+
+def test_lattice_loss_charges_a_repeated_subpixel_pattern_not_noise_of_the_same_mse() -> None:
+    """The SR grid penalty: one 4x4 pattern added to every block costs much more than white noise of equal MSE,
+    a perfect output costs nothing, and the pattern must repeat at the given period to be charged."""
+    torch.manual_seed(0)
+    target = torch.nn.functional.interpolate(torch.rand(2, 3, 24, 24) * 255, scale_factor=4, mode="bilinear")
+    tile = torch.randn(1, 3, 4, 4) * 5
+    grid = target + tile.repeat(1, 1, 24, 24)
+    noise = target + torch.randn_like(target) * (grid - target).pow(2).mean().sqrt()
+    assert lattice_loss(target, target, 4).item() == 0.0
+    on_grid, on_noise = lattice_loss(grid, target, 4).item(), lattice_loss(noise, target, 4).item()
+    assert on_grid > 50 * on_noise, (on_grid, on_noise)
+    assert lattice_loss(grid, target, 3).item() < on_grid / 20  # period 3 does not see a period-4 pattern
+    grid.requires_grad_(True)
+    lattice_loss(grid, target, 4).backward()
+    assert grid.grad is not None and grid.grad.abs().sum() > 0

@@ -212,6 +212,9 @@ def train_sr(
     pixel_weight: float = typer.Option(0.0, "--pixel-weight",
                                        help="With --loss feat: weight of an added pixel (MSE) term (0 = off)"),
     feat_weight: float = typer.Option(1.0, "--feat-weight", help="With --loss feat: weight of the feature loss"),
+    lattice_weight: float = typer.Option(0.0, "--lattice-weight",
+                                         help="Weight of the grid penalty at the upsampling period (0 = off; "
+                                              "docs/training.md)"),
     init_from: str = typer.Option(None, "--init-from",
                                   help="Start from a stored SR model (NAME or NAME@V) or a .pt of the same "
                                        "network, e.g. sr_x4_pixel: the ESRGAN recipe, and what the detail dial "
@@ -246,7 +249,7 @@ def train_sr(
         raise typer.BadParameter("--name is required (or --resume CHECKPOINT)")
     cfg = TrainConfig(
         task="sr", factor=factor, loss=loss, image_size=image_size, tv_weight=tv_weight, content_weight=feat_weight,
-        pixel_weight=pixel_weight, init_from=init_from, grad_clip=grad_clip,
+        pixel_weight=pixel_weight, lattice_weight=lattice_weight, init_from=init_from, grad_clip=grad_clip,
         **_common(name, data, iterations, batch_size, preset, width, lr, seed, device, amp, workers, run_dir,
                   publish, checkpoint_every, preview_every, val_every),
     )

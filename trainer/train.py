@@ -48,6 +48,7 @@ from trainer.losses import (
     StyleObjective,
     StyleRecipe,
     feature_loss,
+    lattice_loss,
     pixel_loss,
     tv_loss,
 )
@@ -87,6 +88,8 @@ class TrainConfig:
     # SR with loss=feat: weight of an added pixel (MSE) term; the ESRGAN recipe keeps a small one so a feature-loss
     # fine-tune of the pixel network stays faithful to the image's colours and low frequencies.
     pixel_weight: float = 0.0
+    # SR: weight of `losses.lattice_loss`, the grid at the upsampling period that the feature loss cannot see.
+    lattice_weight: float = 0.0
     preset: Literal["paper", "modern"] = "modern"
     width: float = 1.0
     lr: float = 1e-3
@@ -185,6 +188,8 @@ class Losses:
             terms = {"feat": self.cfg.content_weight * feature_loss(self.vgg(y, (CONTENT_LAYER,))[CONTENT_LAYER], t)}
             if self.cfg.pixel_weight:
                 terms["pixel"] = self.cfg.pixel_weight * pixel_loss(y.float(), target)
+        if self.cfg.lattice_weight:
+            terms["lattice"] = self.cfg.lattice_weight * lattice_loss(y, target, self.cfg.factor)
         if self.cfg.tv_weight:
             terms["tv"] = self.cfg.tv_weight * tv_loss(y.float())
         terms["total"] = sum(terms.values())  # type: ignore[assignment]
@@ -558,7 +563,7 @@ def training_facts(ckpt: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig.from_dict(ckpt["config"]).to_dict()  # resolved: old runs name their (paper) recipe too
     task_keys = (("style_size", "recipe", "content_weight", "style_weight", "content_layer", "layer_weights",
                   "normalization", "init_from") if cfg["task"] == "style"
-                 else ("loss", "factor", "content_weight", "pixel_weight", "init_from"))
+                 else ("loss", "factor", "content_weight", "pixel_weight", "lattice_weight", "init_from"))
     keys = ("task", "batch_size", "image_size", "tv_weight", "lr", "grad_clip", "seed", "amp", *task_keys)
     facts = {k: cfg.get(k) for k in keys}
     facts["iterations"] = ckpt["iteration"]
