@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +16,7 @@ from model_store.options import TILE_PIXELS, Options
 
 if TYPE_CHECKING:
     from model_store.networks import TransformNet
+    from model_store.pipeline import Forward
 
 models_app = typer.Typer(help="List, show and publish models in the model store.", no_args_is_help=True)
 
@@ -135,15 +136,35 @@ def export_model(
     typer.echo(f"{label} -> {', '.join(str(p) for p in written)} (multiple of {net.multiple} px per side)")
 
 
-def _load(model: str, device: str) -> tuple[TransformNet, str]:
-    from model_store import pipeline
+@dataclass(frozen=True)
+class Engine:
+    """Where and how `stylize`/`upscale` run a network: --device, --backend, --precision, --tile-pixels."""
 
-    try:
-        return pipeline.load(model, device)
-    except RuntimeError as e:
-        raise typer.BadParameter(str(e), param_hint="--device") from None
-    except store.ModelStoreError as e:
-        raise typer.BadParameter(str(e), param_hint="--model") from None
+    device: str = "auto"
+    backend: str = "auto"
+    precision: str = "auto"
+    tile_pixels: int = TILE_PIXELS
+
+    def load(self, model: str) -> tuple[TransformNet, str]:
+        from model_store import pipeline
+
+        try:
+            return pipeline.load(model, self.device)
+        except RuntimeError as e:
+            raise typer.BadParameter(str(e), param_hint="--device") from None
+        except store.ModelStoreError as e:
+            raise typer.BadParameter(str(e), param_hint="--model") from None
+
+    def forward(self, net: TransformNet) -> tuple[Forward, str]:
+        """The backend's forward for `net`'s device and its label (torch/fp32, openvino/bf16...); asking for
+        what this machine lacks is a one-line error."""
+        from model_store import backends
+
+        try:
+            choice = backends.choose(self.backend, self.precision, next(net.parameters()).device)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--backend/--precision") from None
+        return backends.make_forward(choice), choice.label
 
 
 def _outputs(src: Path, dst: Path, fmt: str | None, suffix: str) -> list[tuple[Path, Path]]:
@@ -190,7 +211,7 @@ def _default_suffix(model: str) -> str:
     return "_" + name.removeprefix("sr_")
 
 
-def _apply(model: str, src: Path, dst: Path, options: Options, device: str, tile_pixels: int, factor: int,
+def _apply(model: str, src: Path, dst: Path, options: Options, engine: Engine, factor: int,
            suffix: str | None = None, skip_existing: bool = False) -> None:
     """Every input through the pipeline; a bad file is reported and skipped, and the exit status is 1 if any."""
     from tqdm import tqdm
@@ -217,12 +238,14 @@ def _apply(model: str, src: Path, dst: Path, options: Options, device: str, tile
         raise typer.BadParameter(f"no files in {src}", param_hint="SRC")
     todo = [(a, b) for a, b in pairs if not (skip_existing and b.exists())]
     skipped = len(pairs) - len(todo)
-    net, label = _load(model, device)
-    others = functools.cache(lambda name: _load(name, device)[0])  # the dials' other networks, loaded once
+    net, label = engine.load(model)
+    others = functools.cache(lambda name: engine.load(name)[0])  # the dials' other networks, loaded once
     if net.config.factor != factor:
         what = "a style model" if net.config.factor == 1 else f"an x{net.config.factor} SR model"
         raise typer.BadParameter(f"{model} is {what}; this command needs " + (
             "a style model" if factor == 1 else f"an x{factor} SR model"), param_hint="--model")
+    forward, how = engine.forward(net)
+    label = f"{label}, {how}"
     done = failed = 0
     # The bar goes to stderr and only on a terminal (disable=None), so piped output stays one summary line.
     with tqdm(todo, desc=label, unit="img", disable=None if folder else True, dynamic_ncols=True) as bar:
@@ -230,7 +253,8 @@ def _apply(model: str, src: Path, dst: Path, options: Options, device: str, tile
             try:
                 image = tensors.read(a)
                 fmt = codec.format_for_path(b)
-                result = pipeline.run(net, image, options, tile_pixels=tile_pixels, get=others)
+                result = pipeline.run(net, image, options, tile_pixels=engine.tile_pixels, forward=forward,
+                                      get=others)
                 data, _ = pipeline.encode(result, image, replace(options, format=fmt))
             except codec.ImageError as e:
                 bar.write(f"failed: {e.message}", file=sys.stderr)
@@ -259,6 +283,11 @@ QUALITY_O = typer.Option(None, "--quality", min=1, max=100, help="JPEG/WEBP qual
 TILE_O = typer.Option(TILE_PIXELS, "--tile-pixels", min=250_000,
                       help="Output pixels above which an image runs in tiles (less memory, same pixels).")
 DEVICE_O = typer.Option("auto", "--device", help="auto (CUDA when present, else cpu) | cpu | cuda | cuda:N.")
+BACKEND_O = typer.Option("auto", "--backend", envvar="PERCEPT_BACKEND",
+                         help="CPU engine: auto (the fastest within tolerance of fp32 on this machine) | torch | "
+                              "openvino.")
+PRECISION_O = typer.Option("auto", "--precision", envvar="PERCEPT_PRECISION",
+                           help="CPU precision: auto | fp32 | bf16 (only where the CPU computes bf16 natively).")
 SUFFIX_O = typer.Option(None, "--suffix", help="Added to each output's name when DST is a folder: NAME<suffix>.ext "
                         "(default: _<model>, e.g. photo_muse.jpg, photo_x4.png; '' keeps the name).")
 SKIP_O = typer.Option(False, "--skip-existing/--no-skip-existing",
@@ -287,12 +316,15 @@ def stylize(
     quality: int = QUALITY_O,
     tile_pixels: int = TILE_O,
     device: str = DEVICE_O,
+    backend: str = BACKEND_O,
+    precision: str = PRECISION_O,
     suffix: str = SUFFIX_O,
     skip_existing: bool = SKIP_O,
     smooth: float = SMOOTH_O,
-    stroke: float = typer.Option(1.0, "--stroke", min=1.0, max=4.0,
-                                 help="Brush strokes this many times larger (1..4): stylized at 1/stroke of the "
-                                      "size, then brought back by the pixel-loss SR network."),
+    stroke: float = typer.Option(1.0, "--stroke", min=0.5, max=4.0,
+                                 help="Brush strokes this many times larger (0.5..4): stylized at 1/stroke of "
+                                      "the size (above 1 brought back by the pixel-loss SR network), output at "
+                                      "the input's size."),
 ) -> None:
     """Stylize an image or a folder locally with the service's pipeline (same pixels as POST /stylize; no service
     needed). A folder's outputs are named NAME_<model>.ext under DST, subfolders kept."""
@@ -301,9 +333,9 @@ def stylize(
     if src.is_file() and src.suffix.lower() in VIDEO_SUFFIXES:  # a clip: frames in batches, audio copied
         from model_store import video_cli
 
-        video_cli.run(model, src, dst, options, device, tile_pixels, 1, smooth=smooth)
+        video_cli.run(model, src, dst, options, Engine(device, backend, precision, tile_pixels), 1, smooth=smooth)
         return
-    _apply(model, src, dst, options, device, tile_pixels, 1, suffix, skip_existing)
+    _apply(model, src, dst, options, Engine(device, backend, precision, tile_pixels), 1, suffix, skip_existing)
 
 
 def _sr_model(factor: int, loss: str) -> str:
@@ -340,6 +372,8 @@ def upscale(
     quality: int = QUALITY_O,
     tile_pixels: int = TILE_O,
     device: str = DEVICE_O,
+    backend: str = BACKEND_O,
+    precision: str = PRECISION_O,
     suffix: str = SUFFIX_O,
     skip_existing: bool = SKIP_O,
 ) -> None:
@@ -355,6 +389,6 @@ def upscale(
     if src.is_file() and src.suffix.lower() in VIDEO_SUFFIXES:  # a clip: frames in batches, audio copied
         from model_store import video_cli
 
-        video_cli.run(name, src, dst, options, device, tile_pixels, factor)
+        video_cli.run(name, src, dst, options, Engine(device, backend, precision, tile_pixels), factor)
         return
-    _apply(name, src, dst, options, device, tile_pixels, factor, suffix, skip_existing)
+    _apply(name, src, dst, options, Engine(device, backend, precision, tile_pixels), factor, suffix, skip_existing)

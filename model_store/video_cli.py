@@ -8,11 +8,11 @@ from pathlib import Path
 import typer
 from tqdm import tqdm
 
-from model_store.cli import _load
+from model_store.cli import Engine
 from model_store.options import Options
 
 
-def run(model: str, src: Path, dst: Path, options: Options, device: str, tile_pixels: int, factor: int, *,
+def run(model: str, src: Path, dst: Path, options: Options, engine: Engine, factor: int, *,
         smooth: float = 0.0, batch: int = 4) -> None:
     """Load the model, check its kind, and write `dst`; a clip that cannot be read is a message and exit 1."""
     from model_store import video
@@ -23,7 +23,7 @@ def run(model: str, src: Path, dst: Path, options: Options, device: str, tile_pi
     if options.format or options.quality:
         raise typer.BadParameter("--format/--quality are for images; a video is written as H.264",
                                  param_hint="--format")
-    net, label = _load(model, device)
+    net, label = engine.load(model)
     if net.config.factor != factor:
         what = "a style model" if net.config.factor == 1 else f"an x{net.config.factor} SR model"
         raise typer.BadParameter(f"{model} is {what}; this command needs " + (
@@ -33,7 +33,9 @@ def run(model: str, src: Path, dst: Path, options: Options, device: str, tile_pi
     except video.VideoError as e:
         typer.echo(f"failed: {e.message}", err=True)
         raise typer.Exit(1) from None
-    others = functools.cache(lambda name: _load(name, device)[0])  # the dials' other networks, loaded once
+    forward, how = engine.forward(net)
+    label = f"{label}, {how}"
+    others = functools.cache(lambda name: engine.load(name)[0])  # the dials' other networks, loaded once
     with tqdm(total=total or None, unit="frame", desc=Path(src).name, dynamic_ncols=True) as bar:
 
         def progress(done: int, expected: int) -> None:
@@ -42,7 +44,7 @@ def run(model: str, src: Path, dst: Path, options: Options, device: str, tile_pi
 
         try:
             n = video.process(net, src, dst, options, batch=batch, smooth=smooth, progress=progress,
-                              tile_pixels=tile_pixels, get=others)
+                              tile_pixels=engine.tile_pixels, forward=forward, get=others)
         except video.VideoError as e:
             bar.close()
             typer.echo(f"failed: {e.message}", err=True)

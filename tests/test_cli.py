@@ -168,7 +168,7 @@ def test_upscale_by_four(loss: list[str], model: str, tmp_path: Path) -> None:
     dst = tmp_path / "out.png"
     result = invoke("upscale", "--factor", "4", *loss, src, dst)
     assert result.exit_code == 0, result.output
-    assert f"({model} v1)" in result.stdout
+    assert f"({model} v1, " in result.stdout
     with Image.open(dst) as im:
         assert im.size == (64, 48)
 
@@ -296,3 +296,25 @@ def test_models_list_tells_the_sr_losses_apart() -> None:
     assert lines["muse"][3] == "-"
     rows = {r["name"]: r for r in json.loads(invoke("models", "list", "--json").stdout)}
     assert (rows["sr_x4"]["loss"], rows["sr_x4_pixel"]["loss"], rows["muse"]["loss"]) == ("feat", "pixel", None)
+
+
+def test_backend_and_precision_flags_pick_the_engine(tmp_path: Path) -> None:
+    """--backend/--precision (or PERCEPT_BACKEND/PERCEPT_PRECISION) choose the engine, which the summary names;
+    torch/fp32 gives eager PyTorch's pixels; what the machine cannot do is a one-line error."""
+    from imaging import tensors
+    from model_store import pipeline
+
+    src = random_image(tmp_path / "in.png", 40, 28)
+    result = invoke("stylize", src, tmp_path / "fp32.png", "--model", "muse", "--backend", "torch",
+                    "--precision", "fp32")
+    assert result.exit_code == 0 and "torch/fp32" in result.output, result.output
+    net, _ = pipeline.load("muse", "cpu")
+    eager = pipeline.run(net, tensors.read(src), forward=lambda n, x: n(x))
+    written = np.asarray(Image.open(tmp_path / "fp32.png"), dtype=np.float32)
+    assert np.abs(written - tensors.to_array(eager)).max() <= 0.51  # PNG rounding only
+    via_env = runner.invoke(app, ["stylize", str(src), str(tmp_path / "env.png"), "--model", "muse"],
+                            env={"COLUMNS": "200", "PERCEPT_BACKEND": "torch", "PERCEPT_PRECISION": "fp32"})
+    assert via_env.exit_code == 0 and "torch/fp32" in via_env.output, via_env.output
+    bad = invoke("upscale", src, tmp_path / "x.png", "--backend", "tensorrt")
+    assert bad.exit_code == 2 and "backend must be one of auto, torch, openvino" in bad.output
+    assert "Traceback" not in bad.output
