@@ -8,7 +8,7 @@
 bicubic, the old feature-loss net, the pixel-loss net, the new one, the original. `detail`: PSNR (Y, paper
 degradation) and mean gradient along the detail dial, printed as a table, and a crop row. `stroke`: the stroke-size
 dial on one photo. `lattice`: the grid's energy per period (docs/training.md). Models are store names
-(name@version); --new takes a comma-separated list for grid and lattice.
+(name@version) or checkpoints (.pt); --new takes a comma-separated list for grid and lattice.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from PIL import Image
 
 from imaging import sheets, tensors
 from imaging.tensors import load_image
-from model_store import pipeline, store
+from model_store import pipeline
 from model_store.options import Options
 from trainer.data import crop_to_multiple, degrade, find_images, upsample_bicubic
 from trainer.metrics import mean_gradient_magnitude, psnr_y
@@ -34,8 +34,7 @@ ZOOM = 3
 
 
 def _net(name: str):
-    model, _, version = name.partition("@")
-    return store.load(model, int(version) if version else None)[0]
+    return pipeline.load(name, "cpu")[0]  # NAME, NAME@V or a training checkpoint (.pt)
 
 
 def _crop(t: torch.Tensor, left: int, top: int, side: int = 64) -> Image.Image:

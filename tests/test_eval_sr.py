@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from model_store import store
@@ -104,3 +106,19 @@ def test_set5_bicubic_x4_matches_the_literature():
     assert len(result["images"]) == 5
     assert result["psnr"] == pytest.approx(28.42, abs=0.15)
     assert result["ssim"] == pytest.approx(0.8104, abs=0.01)
+
+
+@needs_set5
+def test_a_training_checkpoint_scores_like_its_published_model(small_set: Path, tmp_path: Path,
+                                                               model_store_dir: Path):
+    """`--model run/checkpoints/last.pt` scores a run's checkpoint without publishing it: the same numbers as
+    the same weights published, and no store version."""
+    import json
+
+    net = build_network(NetworkConfig(kind="sr", factor=4, width=0.25))
+    torch.save({"model": net.state_dict(), "iteration": 7, "config": "{}", "extra": "{}",
+                "network": json.dumps(net.config.to_dict())}, tmp_path / "last.pt")
+    store.publish("tiny-sr", net, half=False)
+    from_ckpt = evaluate_sr(str(tmp_path / "last.pt"), 4, small_set)
+    assert from_ckpt["version"] is None
+    assert from_ckpt["psnr"] == pytest.approx(evaluate_sr("tiny-sr", 4, small_set)["psnr"], abs=1e-6)

@@ -305,7 +305,8 @@ def optimize(
 
 @eval_app.command("sr")
 def eval_sr(
-    model: str = typer.Option(None, "--model", help="SR model name, or 'bicubic' for the baseline."),
+    model: str = typer.Option(None, "--model", help="SR model (NAME or NAME@V), a training checkpoint (.pt), "
+                              "or 'bicubic' for the baseline."),
     factor: int = typer.Option(4, "--factor", help="4 | 8"),
     detail: float = typer.Option(None, "--detail", min=0.0, max=1.0,
                                  help="Instead of --model: the detail dial's network (0 pixel .. 1 feat)."),

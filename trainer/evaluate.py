@@ -28,7 +28,7 @@ from tqdm import tqdm
 from imaging.tensors import load_image
 from model_store import store
 from model_store.options import Options
-from model_store.pipeline import run
+from model_store.pipeline import load, run
 from model_store.store import STYLE_FILE
 from trainer.data import crop_to_multiple, degrade, find_images, upsample_bicubic
 from trainer.metrics import mean_gradient_magnitude, psnr_y, ssim_y
@@ -39,15 +39,20 @@ METRICS = ("psnr", "ssim", "grad_sr", "grad_hr")
 
 
 def _load_sr_model(model: str, factor: int, device: str):
-    net, entry = store.load(model, device=device)
+    """(network, label): a store model (NAME or NAME@V) or a training checkpoint (.pt), checked to be x`factor`."""
+    net, label = load(model, device)
     config = net.config
     if config.kind != "sr":
-        raise ValueError(f"model {model!r} (v{entry.version}) is a {config.kind} network, not a super-resolution one")
+        raise ValueError(f"model {label} is a {config.kind} network, not a super-resolution one")
     if config.factor != factor:
-        raise ValueError(
-            f"model {model!r} (v{entry.version}) upscales by x{config.factor}, but x{factor} was requested"
-        )
-    return net, entry
+        raise ValueError(f"model {label} upscales by x{config.factor}, but x{factor} was requested")
+    return net, label
+
+
+def _version(label: str) -> int | None:
+    """The store version in a `pipeline.load` label ("sr_x4 v2"); None for a checkpoint."""
+    tail = label.rpartition(" v")[2]
+    return int(tail) if tail.isdigit() else None
 
 
 def evaluate_sr(
@@ -75,11 +80,11 @@ def evaluate_sr(
         from model_store.pipeline import detail_net
 
         pixel_name, feat_name = store.sr_detail_pair(factor)
-        (pixel, _), (feat, entry) = (_load_sr_model(n, factor, device) for n in (pixel_name, feat_name))
-        net, version, model = detail_net(pixel, feat, detail), entry.version, f"{feat_name} detail={detail:g}"
+        (pixel, _), (feat, label) = (_load_sr_model(n, factor, device) for n in (pixel_name, feat_name))
+        net, version, model = detail_net(pixel, feat, detail), _version(label), f"{feat_name} detail={detail:g}"
     elif model != BICUBIC:
-        net, entry = _load_sr_model(model, factor, device)
-        version = entry.version
+        net, label = _load_sr_model(model, factor, device)
+        version = _version(label)
 
     rows = []
     for path in find_images(data_dir):
