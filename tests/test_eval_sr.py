@@ -113,7 +113,6 @@ def test_a_training_checkpoint_scores_like_its_published_model(small_set: Path, 
                                                                model_store_dir: Path):
     """`--model run/checkpoints/last.pt` scores a run's checkpoint without publishing it: the same numbers as
     the same weights published, and no store version."""
-    import json
 
     net = build_network(NetworkConfig(kind="sr", factor=4, width=0.25))
     torch.save({"model": net.state_dict(), "iteration": 7, "config": "{}", "extra": "{}",
