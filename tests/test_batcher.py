@@ -90,4 +90,19 @@ def test_the_window_opens_when_the_first_job_arrives_so_its_decode_counts_in_it(
 
     batches = collect(reserve, slow_prepare, lambda job: job.model, 8, 0.05, 200)
     assert [len(b) for b in batches] == [1]
-    assert reads == [200]
+    assert reads == [0]  # the job was waiting: one non-blocking read, then the window had passed
+
+
+def test_a_quiet_queue_runs_its_job_at_once_and_a_busy_one_waits_for_a_batch():
+    """The window opens only under load: a job that arrives while the worker waits runs without the delay; the
+    jobs that queue while it runs make the next batch wait the delay for late arrivals."""
+    q = MemoryQueue()
+    threading.Timer(0.05, lambda: q.submit("muse", JobParams(max_side=64), b"x")).start()
+    start = time.monotonic()
+    assert [len(b) for b in _collect(q, max_batch=8, delay_s=5.0, first_wait_ms=2000)] == [1]
+    assert time.monotonic() - start < 1.0  # not the 5 s window
+    q.submit("muse", JobParams(max_side=64), b"x")  # queued while the first ran: the queue is busy
+    threading.Timer(0.1, lambda: q.submit("muse", JobParams(max_side=64), b"x")).start()
+    start = time.monotonic()
+    assert [len(b) for b in _collect(q, max_batch=8, delay_s=0.4)] == [2]
+    assert time.monotonic() - start > 0.35
