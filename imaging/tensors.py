@@ -222,8 +222,13 @@ def to_pil(tensor: torch.Tensor) -> Image.Image:
 
 
 def encode(tensor: torch.Tensor, fmt: str, quality: int | None = None) -> tuple[bytes, str]:
-    """`codec.encode` of an RGB or RGBA tensor."""
-    return codec.encode(to_array(tensor), fmt, quality)
+    """`codec.encode` of an RGB or RGBA tensor. Rounded to uint8 here, in torch, unless it is RGBA for a JPEG
+    (composited over white first, in float): 0.2 ms instead of numpy's 1.5 ms at 256² (issue 15)."""
+    if tensor.shape[-3] == 4 and codec.output_format(fmt, "png") == "jpeg":
+        return codec.encode(to_array(tensor), fmt, quality)
+    image = tensor[0] if tensor.dim() == 4 else tensor
+    pixels = image.detach().float().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return codec.encode(pixels, fmt, quality)
 
 
 def save_image(tensor: torch.Tensor, path: str | Path, quality: int | None = None) -> None:

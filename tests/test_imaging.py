@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from imaging import codec, tensors
 from imaging.codec import ImageError, output_format
 from imaging.tensors import (
     Decoded,
@@ -480,3 +481,26 @@ def test_multi_picture_jpeg_is_a_jpeg():
     decoded = decode(data, "image/jpeg")
     assert decoded.format == "jpeg" and decoded.rgb.shape == (1, 3, 24, 32)
     assert output_format(None, decoded.format) == "jpeg"
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 7, 4), (7, 1, 3), (33, 18, 4), (64, 48, 3)])
+def test_png_fast_is_a_lossless_png_any_decoder_reads(shape: tuple[int, int, int]) -> None:
+    """The hand-written PNG (Sub filter, zlib RLE) decodes with Pillow to exactly the pixels, RGB and RGBA, even
+    one pixel wide or tall; a smooth image compresses (its rows are mostly small differences)."""
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    with Image.open(io.BytesIO(codec.png_fast(pixels))) as im:
+        assert im.format == "PNG" and im.mode == ("RGBA" if shape[2] == 4 else "RGB")
+        assert np.array_equal(np.asarray(im), pixels)
+    ramp = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None], (64, 256, 3)).copy()
+    assert len(codec.png_fast(ramp)) < ramp.nbytes / 20
+
+
+def test_tensor_encode_rounds_like_numpy() -> None:
+    """tensors.encode rounds in torch (half to even, clamped), as codec.encode does from float pixels."""
+    t = torch.tensor([[[0.5, 1.5, 2.49, 254.5, 300.0, -4.0]]]).expand(3, 1, 6).clone()
+    data, _ = tensors.encode(t, "png")
+    via_numpy, _ = codec.encode(tensors.to_array(t), "png")
+    assert data == via_numpy
+    with Image.open(io.BytesIO(data)) as im:
+        assert list(np.asarray(im)[0, :, 0]) == [0, 2, 2, 254, 255, 0]
