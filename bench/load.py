@@ -18,8 +18,9 @@ that the worker can batch them. Before the levels, ``--warmup`` requests are sen
 By default the service is started here as subprocesses on a free 127.0.0.1 port, once per mode:
 
 - ``embedded``: ``percept serve --port P`` (the API and its in-process worker thread, no Redis);
-- ``redis``: ``percept worker --redis-url redis://127.0.0.1:6379/11`` and ``percept serve --redis-url ... --port P``
-  (database 11 is flushed before and after).
+- ``redis``: a private ``redis-server`` on a free port (no persistence, stopped after), then ``percept worker
+  --redis-url ...`` and ``percept serve --redis-url ... --port P``; with ``--redis-url`` that database instead,
+  flushed before and after.
 
 The service reads its settings from the environment as usual (``PERCEPT_MAX_BATCH_SIZE``,
 ``PERCEPT_MAX_BATCH_DELAY_MS``, ...; ``--max-batch-size`` / ``--max-batch-delay-ms`` set them for the
@@ -52,6 +53,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,7 +72,6 @@ from typing import Any
 import httpx
 from PIL import Image
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WARMUP_CLIENTS = 4
@@ -189,6 +190,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A throwaway `redis-server` on a free loopback port (no RDB, no AOF); its URL. Nobody else's data is near."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server), or pass --redis-url")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="percept-load-redis-") as workdir:
+        proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                 "no", "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            end = time.monotonic() + 10
+            while redis_server_version(url).startswith("unreachable"):
+                if time.monotonic() > end or proc.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {port}")
+                time.sleep(0.05)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
 def flush_redis(redis_url: str) -> None:
     import redis
 
@@ -255,7 +279,7 @@ def stop(procs: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
 
 @contextlib.contextmanager
 def started_service(mode: str, redis_url: str, env: dict[str, str], deadline: float,
-                    ready_timeout: float) -> Iterator[tuple[str, float]]:
+                    ready_timeout: float, flush: bool = True) -> Iterator[tuple[str, float]]:
     """Start the service (and in Redis mode its worker) on a free port; yield (base URL, seconds to ready)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -269,7 +293,7 @@ def started_service(mode: str, redis_url: str, env: dict[str, str], deadline: fl
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     with tempfile.TemporaryDirectory(prefix="percept-load-") as logdir:
         try:
-            if mode == "redis":
+            if mode == "redis" and flush:
                 flush_redis(redis_url)
             for name, cmd in reversed(commands):  # the worker first: it takes longest to warm up
                 log = Path(logdir) / f"{mode}-{name}.log"
@@ -285,7 +309,7 @@ def started_service(mode: str, redis_url: str, env: dict[str, str], deadline: fl
                           file=sys.stderr)
         finally:
             stop(procs)
-            if mode == "redis":
+            if mode == "redis" and flush:
                 try:
                     flush_redis(redis_url)
                 except Exception as e:  # noqa: BLE001 - reported, the run's results still stand
@@ -395,7 +419,8 @@ def machine(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
                           f"{env.get('OMP_NUM_THREADS', 'default')}")
         info["api"] = f"default_wait_s {s.default_wait_s:g}, queue_max {s.queue_max}, uvicorn 1 process"
         if args.mode in ("redis", "both"):
-            info["redis"] = f"{args.redis_url} (server {redis_server_version(args.redis_url)}), one worker process"
+            info["redis"] = (f"{args.redis_url} (server {redis_server_version(args.redis_url)})" if args.redis_url
+                             else "a private redis-server on a free port") + ", one worker process"
     query = f"style={args.style}" if args.endpoint == "stylize" else "factor=4"
     info["workload"] = (f"POST /{args.endpoint}?{query}, {args.size}x{args.size} random-noise PNG, {args.requests} "
                         f"requests per level (+{args.warmup} warm-up), request timeout {args.timeout:g} s, "
@@ -453,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", choices=["stylize", "upscale"], default="stylize")
     parser.add_argument("--style", default="muse", help="style model for /stylize (default muse)")
     parser.add_argument("--url", help="measure this already running service (loopback only) instead")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL,
-                        help=f"Redis database for --mode redis, flushed before and after (default {DEFAULT_REDIS_URL})")
+    parser.add_argument("--redis-url", help="Redis database for --mode redis, flushed before and after (default: a "
+                                            "private redis-server on a free port, stopped after)")
     parser.add_argument("--max-batch-size", type=int, help="PERCEPT_MAX_BATCH_SIZE for the started service")
     parser.add_argument("--max-batch-delay-ms", type=int, help="PERCEPT_MAX_BATCH_DELAY_MS for the started service")
     parser.add_argument("--warmup", type=int, default=8, help="uncounted requests before the levels (default 8)")
@@ -471,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--requests >= 1, --size >= 8, --warmup >= 0, --timeout and --time-limit > 0")
     if args.url:
         check_loopback(args.url, "--url")
-    elif args.mode in ("redis", "both"):
+    elif args.mode in ("redis", "both") and args.redis_url:
         check_loopback(args.redis_url, "--redis-url")
 
     # SIGTERM: unwind like Ctrl-C, so that the `finally` blocks stop the subprocesses.
@@ -503,7 +528,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.url:
                 levels += measure(mode, args.url.rstrip("/"), args, bodies, deadline, headers)
                 continue
-            with started_service(mode, args.redis_url, env, deadline, args.ready_timeout) as (url, ready_s):
+            with contextlib.ExitStack() as stack:
+                redis_url = args.redis_url or (stack.enter_context(private_redis()) if mode == "redis" else "")
+                url, ready_s = stack.enter_context(started_service(mode, redis_url, env, deadline, args.ready_timeout,
+                                                                   flush=bool(args.redis_url)))
                 print(f"  {mode}: ready after {ready_s:.1f} s on {url}", file=sys.stderr, flush=True)
                 levels += measure(mode, url, args, bodies, deadline, headers)
         except Exception as e:  # noqa: BLE001 - one mode failing should not hide the other's results
