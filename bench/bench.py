@@ -123,8 +123,9 @@ def bench_backends(net: TransformNet, sizes: tuple[int, ...], quick: bool) -> li
 
 
 def bench_examples(muse: TransformNet, muse_name: str, sizes: tuple[int, ...], quick: bool) -> list[dict[str, Any]]:
-    """The same-network row: pytorch/examples' TransformerNet layout (`bench.examples_net`) against the project's
-    network at width 1 (both eager fp32, random weights) and the shipped model in the default backend, batch 1.
+    """The same-network row: pytorch/examples' TransformerNet layout (`bench.examples_net`, eager fp32, as that
+    project runs it) against the project's network at width 1 (random weights) in eager fp32 and in this
+    machine's default backend (what percept serves with), and the shipped model in the default backend, batch 1.
     The three alternate call by call at each size, so that the machine's load drift falls on all of them."""
     from bench.examples_net import ExamplesTransformerNet
     from model_store import backends, inference
@@ -146,6 +147,7 @@ def bench_examples(muse: TransformNet, muse_name: str, sizes: tuple[int, ...], q
         runs: dict[str, Callable[[], Any]] = {
             "examples": lambda x=x: eager(examples, x),
             "ours": lambda x=x: inference.forward(ours, x, half=False),
+            "ours_default": lambda x=x: default_fwd(ours, x),
             "default": lambda x=x: default_fwd(muse, x),
         }
         for fn in runs.values():  # warm-up (OpenVINO compiles per shape here)
@@ -163,6 +165,9 @@ def bench_examples(muse: TransformNet, muse_name: str, sizes: tuple[int, ...], q
                        "random weights, eager"))
         out.append(row(cpu, "ours modern width 1 fp32 (same net)", size, 1, ms["ours"], "ms/image", repeats,
                        f"{base / ms['ours']:.2f}x the examples layout"))
+        out.append(row(cpu, f"ours width 1 (same net), default backend {choice.label}", size, 1,
+                       ms["ours_default"], "ms/image", repeats,
+                       f"{base / ms['ours_default']:.2f}x the examples layout"))
         out.append(row(cpu, f"{muse_name.split()[0]} default backend {choice.label}", size, 1, ms["default"],
                        "ms/image", repeats, f"{base / ms['default']:.2f}x the examples layout"))
     return out
