@@ -133,7 +133,9 @@ def encode(result: torch.Tensor, image: Decoded, options: Options) -> tuple[byte
 BLEND_CACHE = 16
 _blends: OrderedDict[tuple[int, int, float], tuple[TransformNet, TransformNet, TransformNet]] = OrderedDict()
 _blends_lock = threading.Lock()
-STROKES = (1.0, 4.0)  # the stroke dial's range: 4 is the largest pixel-loss SR factor shipped
+# The stroke dial's range: 4 is the largest pixel-loss SR factor shipped; 0.5 stylizes at twice the size, i.e.
+# four times the compute (tiled by `infer` past the tile budget, so memory stays bounded).
+STROKES = (0.5, 4.0)
 # The SR factor the stroke dial brings the small stylized image back with: x4, the one pixel-loss factor shipped,
 # serves every stroke in (1, 4] (the remainder is an antialiased bicubic resize, which loses nothing the SR net
 # made up).
@@ -182,6 +184,8 @@ def dialled(net: TransformNet, options: Options, get: GetNet | None) -> tuple[Tr
     if options.stroke != 1.0 and factor == 1:
         if not STROKES[0] <= options.stroke <= STROKES[1]:
             raise ValueError(f"stroke must be between {STROKES[0]:g} and {STROKES[1]:g}, got {options.stroke:g}")
+        if options.stroke < 1.0:  # finer strokes: stylized larger, then downsampled; no SR net
+            return net, None
         if get is None:
             raise ValueError("stroke needs the store's pixel-loss SR network")
         return net, get(store.sr_model_name(STROKE_SR_FACTOR, "pixel"))
@@ -191,12 +195,14 @@ def dialled(net: TransformNet, options: Options, get: GetNet | None) -> tuple[Tr
 def infer_with(net: TransformNet, inputs: list[torch.Tensor], options: Options, get: GetNet | None = None,
                **kw) -> list[torch.Tensor]:
     """`infer` with the dials applied: `detail` runs the interpolated SR network; `stroke` S stylizes at 1/S
-    of the input's size, super-resolves the result and resizes it to exactly the input's size."""
+    of the input's size (S > 1: then super-resolves the result) and resizes it to exactly the input's size."""
     net, sr = dialled(net, options, get)
-    if sr is None:
+    stroke = options.stroke if net.config.factor == 1 else 1.0
+    if stroke == 1.0:
         return infer(net, inputs, **kw)
     h, w = inputs[0].shape[-2:]
-    small = [tensors.resize(x, (max(1, round(h / options.stroke)), max(1, round(w / options.stroke))))
-             for x in inputs]
-    big = infer(sr, infer(net, small, **kw), **kw)
-    return [tensors.resize(b, (h, w)) for b in big]
+    scaled = [tensors.resize(x, (max(1, round(h / stroke)), max(1, round(w / stroke)))) for x in inputs]
+    styled = infer(net, scaled, **kw)
+    if sr is not None:
+        styled = infer(sr, styled, **kw)
+    return [tensors.resize(s, (h, w)) for s in styled]

@@ -27,8 +27,8 @@ def stylize(image: str | Path | Image.Image, model: str = "muse", *, strength: f
             preserve_color: bool = False, max_side: int | None = None, stroke: float = 1.0,
             device: str = "cpu") -> Image.Image:
     """`image` (a path or a PIL image) in the style of `model` (a style name, ``name@version`` or a .pt
-    checkpoint). `stroke` 1..4: brush strokes that many times larger (stylized at 1/stroke of the size, then
-    super-resolved back). Alpha is kept; returns an RGB or RGBA PIL image."""
+    checkpoint). `stroke` 0.5..4: brush strokes that many times larger (stylized at 1/stroke of the size, then
+    brought back: super-resolved above 1, downsampled below). Alpha is kept; returns an RGB or RGBA PIL image."""
     from model_store.options import Options
 
     return _run(image, model, 1, Options(max_side=max_side, strength=strength, preserve_color=preserve_color,

@@ -45,9 +45,17 @@ def model_info(name: str, serving: dict[str, set[int]] | None = None, card: bool
         serving_versions=sorted((serving or {}).get(name, set())), created_at=m.get("created_at"),
         training={k: training[k] for k in TRAINING_SUMMARY if k in training},
         loss=store.sr_loss(name, int(m["factor"])) if m["kind"] == "sr" else None,
+        detail=m["kind"] == "sr" and _has_detail(name, int(m["factor"])),
         thumbnail_url=f"/styles/{name}/thumbnail" if has_thumbnail else None,
         card=m.get("card") if card else None,
     )
+
+
+def _has_detail(name: str, factor: int) -> bool:
+    try:
+        return store.sr_detail_pair(factor)[1] == name
+    except store.ModelStoreError:
+        return False
 
 
 def sample_path(name: str) -> Any:

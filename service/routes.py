@@ -139,8 +139,9 @@ async def stylize(
     max_side: int | None = MAX_SIDE_Q,
     strength: float = Query(1.0, ge=0.0, le=1.0, description="blend with the input: 1 full style, 0 the input"),
     preserve_color: bool = Query(False, description="keep the input's colours, take the style's luminance"),
-    stroke: float = Query(1.0, ge=1.0, le=4.0, description="brush strokes this many times larger: stylized at "
-                          "1/stroke of the size, then brought back by the pixel-loss SR network (1 = off)"),
+    stroke: float = Query(1.0, ge=0.5, le=4.0, description="brush strokes this many times larger: stylized at "
+                          "1/stroke of the size, then brought back to the input's size (above 1 by the pixel-loss "
+                          "SR network; below 1 by downsampling, at 1/stroke² the compute). 1 = off"),
     wait: float | None = WAIT_Q,
     run_async: bool = ASYNC_Q,
     idempotency_key: str | None = IDEMPOTENCY_H,
@@ -148,7 +149,7 @@ async def stylize(
 ) -> Response:
     """Apply a style to an image (raw body with an image/* Content-Type, or multipart field `file`)."""
     check_style(style)
-    if stroke != 1.0 and store.sr_model_name(4, "pixel") not in store.list_models():
+    if stroke > 1.0 and store.sr_model_name(4, "pixel") not in store.list_models():
         raise HTTPException(422, "stroke needs the x4 pixel-loss SR model (sr_x4_pixel), which is not installed")
     params = JobParams(format=fmt, quality=quality, max_side=max_side, strength=strength,
                        preserve_color=preserve_color, stroke=stroke)

@@ -83,6 +83,8 @@ class ModelInfo(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict, description="a summary of how the version was trained")
     loss: SrLoss | None = Field(
         None, description="SR models: the `loss` of POST /upscale that selects this model (with its factor)")
+    detail: bool = Field(False, description="SR feature-loss models: POST /upscale takes `detail` at this factor "
+                                            "(this model was fine-tuned from the factor's pixel-loss model)")
     thumbnail_url: str | None = None
     card: dict[str, Any] | None = Field(
         None, description="GET /models/{name} only: the model card (description; style models: the style image's "

@@ -117,11 +117,30 @@ def test_stroke_keeps_odd_sizes_and_alpha_and_runs_both_nets(sr_pair, tmp_store:
     assert result.size == (23, 37) and result.mode == "RGBA" and result.getpixel((3, 4))[3] == 0
 
 
+def test_finer_strokes_stylize_larger_and_keep_the_size(tmp_store: Path) -> None:
+    """stroke < 1: the style net runs at 1/stroke of the size (no SR net), tiled past the budget, and the result
+    is downsampled to exactly the input's size."""
+    style = _style(tmp_store)
+    seen: list[tuple[int, int]] = []
+    hook = style.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    try:
+        x = torch.rand(1, 3, 37, 23) * 255
+        (out,) = pipeline.infer_with(style, [x], Options(stroke=0.5))
+    finally:
+        hook.remove()
+    assert out.shape == (1, 3, 37, 23) and seen == [(74, 46)]
+    (tiled,) = pipeline.infer_with(style, [x], Options(stroke=0.5), tile_pixels=40 * 40)
+    assert (out - tiled).abs().max() < 1.0  # grey levels: the tiled larger pass changes nothing visible
+    assert not torch.equal(out, pipeline.infer(style, [x])[0])  # finer strokes are another picture
+    rgba = Image.new("RGBA", (23, 37), (200, 100, 50, 255))
+    assert percept.stylize(rgba, "tiny_style", stroke=0.5).size == (23, 37)
+
+
 def test_stroke_one_is_plain_stylization(tmp_store: Path) -> None:
     style = _style(tmp_store)
     x = torch.rand(1, 3, 16, 20) * 255
     assert torch.equal(pipeline.infer_with(style, [x], Options())[0], pipeline.infer(style, [x])[0])
-    with pytest.raises(ValueError, match="between 1 and 4"):
+    with pytest.raises(ValueError, match="between 0.5 and 4"):
         pipeline.infer_with(style, [x], Options(stroke=5.0), lambda n: style)
 
 
@@ -141,10 +160,12 @@ def test_api_dials_validate_and_run(sr_pair, tmp_store: Path, monkeypatch: pytes
         for path, params, words in [("/upscale", {"factor": 4, "detail": 1.5}, "less than or equal"),
                                     ("/upscale", {"factor": 8, "detail": 0.5}, "sr_x8_pixel"),
                                     ("/stylize", {"style": "tiny_style", "stroke": 5}, "less than or equal"),
-                                    ("/stylize", {"style": "tiny_style", "stroke": 0.5}, "greater than")]:
+                                    ("/stylize", {"style": "tiny_style", "stroke": 0.25}, "greater than")]:
             r = c.post(path, params=params, content=_png(), headers=headers)
             assert r.status_code == 422, (params, r.text)
             assert words in str(r.json()["detail"]), r.json()
+        flags = {m["name"]: m["detail"] for m in c.get("/models").json()}
+        assert flags["sr_x4"] is True and flags["sr_x4_pixel"] is False  # the web page's Detail slider reads this
         r = c.post("/upscale", params={"factor": 4, "detail": 0.5}, content=_png(), headers=headers)
         assert r.status_code == 200, r.text
         assert Image.open(io.BytesIO(r.content)).size == (28, 40)
