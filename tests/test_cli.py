@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from model_store import store
 from percept.cli import app
 
-BUILTIN_MODELS = ("muse", "starry_night", "wave", "candy", "mosaic", "udnie", "sr_x4", "sr_x8", "sr_x4_pixel")
+BUILTIN_MODELS = ("muse", "starry_night", "wave", "candy", "mosaic", "udnie", "sr_x4", "sr_x8", "sr_x4_pixel",
+                  "sr_x8_pixel")
 COMMANDS = (
     [], ["train"], ["train", "style"], ["train", "sr"], ["optimize"], ["eval"], ["eval", "sr"], ["eval", "style"],
     ["models"], ["models", "list"], ["models", "show"], ["models", "publish"], ["stylize"], ["upscale"],

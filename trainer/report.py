@@ -31,8 +31,8 @@ PAPER_X4 = {
     "Set5": {"bicubic": (28.43, 0.8114), "pixel": (28.40, 0.8155), "feat": (27.09, 0.7680)},
     "Set14": {"bicubic": (25.99, 0.7301), "pixel": (25.77, 0.7350), "feat": (24.99, 0.6731)},
 }
-SR_METHODS = {4: [("bicubic", "bicubic"), ("pixel", "sr_x4_pixel"), ("feat", "sr_x4")], 8: [("bicubic", "bicubic"),
-                                                                                               ("feat", "sr_x8")]}
+SR_METHODS = {4: [("bicubic", "bicubic"), ("pixel", "sr_x4_pixel"), ("feat", "sr_x4")],
+              8: [("bicubic", "bicubic"), ("pixel", "sr_x8_pixel"), ("feat", "sr_x8")]}
 
 
 def _hardware(device: str) -> str:
