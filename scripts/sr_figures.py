@@ -2,7 +2,7 @@
 
     python scripts/sr_figures.py grid   --pixel sr_x4_pixel --old sr_x4@1 --new sr_x4@2 [--out docs/img/sr_grid_x4.jpg]
     python scripts/sr_figures.py detail --pixel sr_x4_pixel --new sr_x4@2 [--data ../shared/data/sr/Set5]
-    python scripts/sr_figures.py stroke --style muse --photo ../shared/data/content/X.jpg
+    python scripts/sr_figures.py stroke --style muse --photo ../shared/data/content/X.jpg   (S = 0.5, 1, 2, 4)
 
 `grid`: crops of smooth areas of Set5/Set14 photos (never trained on) at 3x NEAREST zoom, so a 4-pixel grid shows:
 bicubic, the old feature-loss net, the pixel-loss net, the new one, the original. `detail`: PSNR (Y, paper
@@ -113,7 +113,7 @@ def stroke(args: argparse.Namespace) -> None:
     photo = tensors.read(args.photo)
     photo = tensors.resize_max_side(photo, 512)
     tiles = [("photo", tensors.to_pil(photo.rgb))]
-    for s in (1.0, 2.0, 4.0):
+    for s in (0.5, 1.0, 2.0, 4.0):
         out = pipeline.run(style, photo, Options(stroke=s), get=lambda name: sr)
         tiles.append((f"stroke={s:g}", tensors.to_pil(out)))
     sheets.stack([sheets.labelled_row(tiles, 256)]).save(args.out or "docs/img/stroke_row.jpg", quality=90)
