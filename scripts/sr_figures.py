@@ -70,9 +70,10 @@ def lattice(args: argparse.Namespace) -> None:
         net = None if name in ("original", "bicubic") else _net(name)
         energy = dict.fromkeys(PERIODS, 0.0)
         for path in paths:
-            hr = crop_to_multiple(load_image(path), 4)
-            x = hr if name == "original" else (upsample_bicubic(degrade(hr, 4), 4) if net is None
-                                               else pipeline.run(net, degrade(hr, 4)))
+            f = args.factor
+            hr = crop_to_multiple(load_image(path), f)
+            x = hr if name == "original" else (upsample_bicubic(degrade(hr, f), f) if net is None
+                                               else pipeline.run(net, degrade(hr, f)))
             y = x.mean(1, keepdim=True)
             r = y - F.avg_pool2d(F.pad(y, (2, 2, 2, 2), mode="reflect"), 5, 1)
             for p in PERIODS:
@@ -81,7 +82,7 @@ def lattice(args: argparse.Namespace) -> None:
         print(f"| {name} | " + " | ".join(f"{energy[p]:.3f}" for p in PERIODS) + " |", flush=True)
 
 
-PERIODS = (2, 3, 4, 5, 8)
+PERIODS = (2, 3, 4, 5, 8, 16)
 
 
 def detail(args: argparse.Namespace) -> None:
@@ -129,6 +130,7 @@ def main() -> None:
     p.add_argument("--photo", type=Path)
     p.add_argument("--data", type=Path, default=SR_DATA / "Set5")
     p.add_argument("--out")
+    p.add_argument("--factor", type=int, default=4, help="lattice: the SR factor of the --new models")
     args = p.parse_args()
     torch.set_num_threads(2)
     {"grid": grid, "detail": detail, "stroke": stroke, "lattice": lattice}[args.figure](args)
