@@ -330,12 +330,13 @@ def test_a_run_can_start_from_published_weights(images: Path, style_image: Path,
     from trainer.train import initial_weights
 
     net, _ = network_from_checkpoint(first["checkpoint"])
-    state = initial_weights("tiny-init@1", net.config)
+    state, source = initial_weights("tiny-init", net.config)
+    assert source == "tiny-init@1"  # the parent's version, for the manifest
     for k, v in net.state_dict().items():
         torch.testing.assert_close(state[k], v, atol=1e-2, rtol=1e-3)  # through fp16 in the store
     second = train(tiny_config(images, tmp_path / "b", init_from="tiny-init", **common))
     assert second["iteration"] == 2
-    assert load_checkpoint(second["checkpoint"])["config"]["init_from"] == "tiny-init"
+    assert load_checkpoint(second["checkpoint"])["config"]["init_from"] == "tiny-init@1"
     with pytest.raises(ValueError, match="network"):
         train(tiny_config(images, tmp_path / "c", init_from="tiny-init", **{**common, "width": 0.5}))
 

@@ -390,7 +390,8 @@ def train(
     losses = Losses(cfg, vgg, device)
     net = build_network(cfg.network_config()).to(device)
     if cfg.init_from and not ckpt:
-        net.load_state_dict(initial_weights(cfg.init_from, net.config))
+        state, cfg.init_from = initial_weights(cfg.init_from, net.config)  # NAME -> NAME@V: the parent's version
+        net.load_state_dict(state)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     amp_dtype = _amp_dtype(device) if cfg.amp else None
     if cfg.amp and amp_dtype is None:
@@ -543,19 +544,20 @@ def recipe_of(training: dict[str, Any]) -> StyleRecipe:
     return TrainConfig.from_dict({**facts, "task": "style", "name": "manifest"}).style_recipe()
 
 
-def initial_weights(source: str, config: NetworkConfig) -> dict[str, torch.Tensor]:
-    """fp32 weights to start a run from: a store model (NAME or NAME@VERSION) or a training checkpoint (.pt).
-    Its network must be the one being trained (same kind, preset, width...)."""
+def initial_weights(source: str, config: NetworkConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """fp32 weights to start a run from, and where they came from: a store model (NAME or NAME@VERSION, returned
+    as NAME@VERSION, so that the manifest names the parent's version) or a training checkpoint (.pt). Its network
+    must be the one being trained (same kind, preset, width...)."""
     if source.endswith(".pt"):
         ckpt = load_checkpoint(source)
         found, state = NetworkConfig.from_dict(ckpt["network"]), ckpt["model"]
     else:  # store.load checks the weights' sha256 and returns them in fp32
         name, _, version = source.partition("@")
         stored, entry = store.load(name, int(version) if version else None)
-        found, state = entry.config, stored.state_dict()
+        found, state, source = entry.config, stored.state_dict(), f"{name}@{entry.version}"
     if found != config:
         raise ValueError(f"--init-from {source} is a {found} network, but this run trains a {config}")
-    return {k: v.float() for k, v in state.items()}
+    return {k: v.float() for k, v in state.items()}, source
 
 
 def training_facts(ckpt: dict[str, Any]) -> dict[str, Any]:
