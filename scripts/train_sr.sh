@@ -45,10 +45,10 @@ if [ "$stage" = pixel ] || [ "$stage" = all ]; then
             "sr_x8_pixel:--factor 8 --loss pixel --lr 5e-4 --grad-clip 1.0 --iterations 100000"
 fi
 if [ "$stage" = feat ] || [ "$stage" = all ]; then
-  # ESRGAN fine-tune: lr 1e-4, from the pixel network just published; feature loss (relu2_2) + 10 x pixel MSE
-  # (about a fifth of the feature term at the start) + TV 2e-4 (per-image sum). On the CPU the 4-px lattice came
-  # back with the feature loss at every pixel weight (fastest at 2 and 0.5, slower at 10; docs/training.md):
-  # check `python scripts/sr_figures.py lattice --new sr_x4@N` before shipping, and publish none that has it.
-  ft="--loss feat --pixel-weight 10 --tv-weight 2e-4 --lr 1e-4 --iterations 50000"
+  # ESRGAN fine-tune from the pixel network just published: feature loss (relu2_2) + 1 x pixel MSE + TV 2e-4 +
+  # the lattice penalty at weight 1000 (trainer.losses.lattice_loss: without it the 4-px grid came back at every
+  # pixel weight tried; docs/training.md). sr_x4 v2 and sr_x8 v2 are 1,000 / ITERS_X8 CPU iterations of this.
+  # Check `python scripts/sr_figures.py lattice --new NAME@N [--factor 8]` before shipping.
+  ft="--loss feat --pixel-weight 1 --lattice-weight 1000 --tv-weight 2e-4 --lr 2e-4 --grad-clip 1.0 --iterations 50000"
   run_stage "sr_x4:--factor 4 $ft --init-from sr_x4_pixel" "sr_x8:--factor 8 $ft --init-from sr_x8_pixel"
 fi

@@ -200,7 +200,7 @@ def test_upscale_by_four(page: Page, photo: Path) -> None:
     p.get_by_text("Upscale", exact=True).click()
     # One card per SR model that /upscale serves: by factor, the feature-loss network first.
     cards = p.locator("#factors label.card")
-    assert cards.evaluate_all("cs => cs.map(c => c.dataset.value)") == ["sr_x4", "sr_x4_pixel", "sr_x8"]
+    assert cards.evaluate_all("cs => cs.map(c => c.dataset.value)") == ["sr_x4", "sr_x4_pixel", "sr_x8", "sr_x8_pixel"]
     assert "Smooth" in p.locator("label.card[data-value=sr_x4_pixel]").inner_text()
     # What Detailed and Smooth mean is visible text, not only a tooltip (phones show no tooltips).
     help_text = p.locator("#loss-help")
@@ -407,4 +407,25 @@ def test_larger_brush_strokes(page: Page, photo: Path) -> None:
     posts = [r for r in page.requests if r.startswith("POST ")]
     assert "stroke=2" in posts[-1], posts
     assert p.locator("#download").get_attribute("download") == "street-muse-stroke2.png"
+    page.assert_no_errors()
+
+
+def test_the_detail_slider_blends_the_two_x4_networks(page: Page, photo: Path, server: str) -> None:
+    """Upscale: the Detail slider shows for a factor whose feature-loss model was fine-tuned from its pixel-loss
+    one (GET /models says so), sends detail=0.5 and names the download; other factors hide it."""
+    flags = {m["name"]: m["detail"] for m in json.loads(http(f"{server}/models")[1])}
+    p = page.page
+    p.set_input_files("#file", str(photo))
+    p.get_by_text("Upscale", exact=True).click()
+    for name in ("sr_x4", "sr_x4_pixel", "sr_x8", "sr_x8_pixel"):
+        p.locator(f"label.card[data-value={name}]").click()
+        assert p.locator("#detail-field").is_visible() == flags[name], name
+    assert flags["sr_x4"], "the shipped sr_x4 is fine-tuned from sr_x4_pixel"
+    p.locator("label.card[data-value=sr_x4]").click()
+    p.locator("#detail").fill("0.5")
+    assert p.locator("#detail-value").inner_text() == "50%"
+    assert run_job(page) == 4 * W
+    posts = [r for r in page.requests if r.startswith("POST ")]
+    assert "detail=0.5" in posts[-1] and "loss" not in posts[-1], posts
+    assert p.locator("#download").get_attribute("download") == "street-x4-detail50.png"
     page.assert_no_errors()
