@@ -152,13 +152,16 @@ def _png(h: int = 10, w: int = 7) -> bytes:
 
 def test_api_dials_validate_and_run(sr_pair, tmp_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _style(tmp_store)
+    # An x8 feature-loss net trained from scratch (it shadows the built-in one): no detail dial at x8.
+    store.publish("sr_x8", _net(NetworkConfig(kind="sr", preset="modern", width=0.125, factor=8), 3),
+                  {"task": "sr", "loss": "feat"}, half=False)
     monkeypatch.setenv("PERCEPT_WARMUP_SIZES", "")
     monkeypatch.setenv("PERCEPT_MAX_BATCH_DELAY_MS", "2")
     headers = {"Content-Type": "image/png"}
     with TestClient(create_app(ServiceSettings())) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, timeout=60)
         for path, params, words in [("/upscale", {"factor": 4, "detail": 1.5}, "less than or equal"),
-                                    ("/upscale", {"factor": 8, "detail": 0.5}, "sr_x8_pixel"),
+                                    ("/upscale", {"factor": 8, "detail": 0.5}, "fine-tuned from sr_x8_pixel"),
                                     ("/stylize", {"style": "tiny_style", "stroke": 5}, "less than or equal"),
                                     ("/stylize", {"style": "tiny_style", "stroke": 0.25}, "greater than")]:
             r = c.post(path, params=params, content=_png(), headers=headers)
