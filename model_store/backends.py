@@ -122,7 +122,18 @@ def make_forward(choice: Choice) -> Callable[[TransformNet, torch.Tensor], torch
     return lambda net, x: inference.forward(net, x, half=half)
 
 
+_shared: dict[tuple[str, str], Callable[[TransformNet, torch.Tensor], torch.Tensor]] = {}
+_shared_lock = threading.Lock()
 _defaults: dict[str, Callable[[TransformNet, torch.Tensor], torch.Tensor]] = {}
+
+
+def shared_forward(choice: Choice) -> Callable[[TransformNet, torch.Tensor], torch.Tensor]:
+    """`make_forward(choice)`, one per process and choice: its compiled models are shared by every caller, and
+    no OpenVINO Core is created and dropped per call (the CLI's commands, the Python API, evaluation)."""
+    with _shared_lock:
+        if (choice.backend, choice.precision) not in _shared:
+            _shared[(choice.backend, choice.precision)] = make_forward(choice)
+        return _shared[(choice.backend, choice.precision)]
 
 
 def default_forward(device: torch.device | str = "cpu") -> Callable[[TransformNet, torch.Tensor], torch.Tensor]:
@@ -131,7 +142,7 @@ def default_forward(device: torch.device | str = "cpu") -> Callable[[TransformNe
     if key not in _defaults:
         choice = choose("auto", "auto", key)
         log.info("default inference backend on %s: %s (%s)", key, choice.label, choice.reason)
-        _defaults[key] = make_forward(choice)
+        _defaults[key] = shared_forward(choice)
     return _defaults[key]
 
 

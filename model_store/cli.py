@@ -164,7 +164,7 @@ class Engine:
             choice = backends.choose(self.backend, self.precision, next(net.parameters()).device)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--backend/--precision") from None
-        return backends.make_forward(choice), choice.label
+        return backends.shared_forward(choice), choice.label
 
 
 def _outputs(src: Path, dst: Path, fmt: str | None, suffix: str) -> list[tuple[Path, Path]]:
