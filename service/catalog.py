@@ -52,6 +52,10 @@ def model_info(name: str, serving: dict[str, set[int]] | None = None, card: bool
 
 
 def _has_detail(name: str, factor: int) -> bool:
+    """Whether `name` is the sharp end of the factor's detail dial. Only the factor's feature-loss model can be:
+    the others are answered without reading the store (GET /models lists every model)."""
+    if name != store.sr_model_name(factor, "feat"):
+        return False
     try:
         return store.sr_detail_pair(factor)[1] == name
     except store.ModelStoreError:
