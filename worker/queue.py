@@ -527,7 +527,7 @@ class RedisQueue:
                                            retry=Retry(NoBackoff(), 0))
         self.max_depth, self.ttl_s, self.max_attempts = max_depth, ttl_s, max_attempts
         self._group_ready = False
-        self._progress_script: Any = None
+        self._scripts: dict[str, Any] = {}
 
     @property
     def _ttl_ms(self) -> int:
@@ -559,14 +559,20 @@ class RedisQueue:
         self._group_ready = False
         self._ensure_group(force=True)
 
-    def _enqueue(self, job_id: str) -> str:
-        """Add the job's entry at the end of the stream. NOMKSTREAM: a stream that vanished (an empty Redis) is
-        not recreated bare, without the consumer group the workers read from; the group is made first."""
-        stream_id = self.r.xadd(self.STREAM, {"id": job_id}, nomkstream=True)
-        if stream_id is None:
+    def _enqueue(self, job_id: str) -> None:
+        """Add the job's entry at the end of the stream and note it on the job. A stream that vanished (an empty
+        Redis) is not recreated bare, without the consumer group the workers read from; the group is made first."""
+        for _ in range(2):
+            if self._script("enqueue")(keys=[self.STREAM, self._key(job_id)], args=[job_id]) != b"NOSTREAM":
+                return
             self._ensure_group(force=True)
-            stream_id = self.r.xadd(self.STREAM, {"id": job_id})
-        return stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+
+    def _script(self, name: str) -> Any:
+        """A Lua script of `_SCRIPTS` (EVALSHA, loaded on first use): several commands in one round trip."""
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.r.register_script(_SCRIPTS[name])
+        return script
 
     def has_group(self) -> bool:
         """Whether the consumer group exists (/readyz: without it no job can flow); a lost one (an empty Redis) is
@@ -614,20 +620,19 @@ class RedisQueue:
                     self.r.pexpire(idem_key, self._ttl_ms)  # as long as the job it names
                     return str(old["job"])
                 self.r.delete(idem_key)  # its job is gone or not worth replaying: this request makes a new one
-        if self.depth() >= self.max_depth:
+        rec = _new_record(job_id, model, params)
+        fields = [x for kv in _encode(rec.to_json()).items() for x in kv]
+        keys = [self.STREAM, self._key(job_id), self._key(job_id, "input"), self.RECENT]
+        for _ in range(2):
+            answer = self._script("submit")(keys=keys, args=[self.max_depth, self._ttl_ms, job_id, rec.created_at,
+                                                             self.RECENT_MAX, data, *fields])
+            if answer != b"NOSTREAM":
+                break
+            self._ensure_group(force=True)  # the stream vanished (an empty Redis): the group first, then again
+        if answer == b"FULL":
             if idem_key is not None:
                 self.r.delete(idem_key)
             raise QueueFull(f"the queue holds {self.max_depth} jobs")
-        rec = _new_record(job_id, model, params)
-        pipe = self.r.pipeline()
-        pipe.hset(self._key(job_id), mapping=_encode(rec.to_json()))
-        pipe.pexpire(self._key(job_id), self._ttl_ms)
-        pipe.set(self._key(job_id, "input"), data, px=self._ttl_ms)
-        pipe.zadd(self.RECENT, {job_id: rec.created_at})
-        pipe.zremrangebyrank(self.RECENT, 0, -self.RECENT_MAX - 1)
-        pipe.execute()
-        stream_id = self._enqueue(job_id)
-        self.r.hset(self._key(job_id), "stream_id", stream_id)
         return job_id
 
     def status(self, job_id: str) -> JobRecord | None:
@@ -641,12 +646,7 @@ class RedisQueue:
 
     def _load(self, job_id: str) -> tuple[JobRecord, str] | None:
         """The stored record and its current stream entry; None when unknown, expired or incomplete."""
-        raw = self.r.hgetall(self._key(job_id))
-        if not raw or b"id" not in raw:  # an update that raced the key's expiry leaves a partial hash
-            return None
-        fields = {k.decode(): v for k, v in raw.items()}
-        stream_id = fields.pop("stream_id", b"").decode()
-        return JobRecord.from_json({k: json.loads(v) for k, v in fields.items()}), stream_id
+        return _parse(self.r.hgetall(self._key(job_id)))
 
     def _position(self, stream_id: str) -> int | None:
         import redis
@@ -664,19 +664,27 @@ class RedisQueue:
         return self.r.get(self._key(job_id, "result"))
 
     def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        # Three round trips for a job that ends while we wait (issue 15: there were seven): the record, BLPOP, and
+        # the signal put back with the final record read. The queue position only for a job still queued.
         deadline = time.monotonic() + timeout
+        done = self._key(job_id, "done")
         while True:
-            rec = self.status(job_id)  # None: expired, or lost with Redis's data: the waiter learns it at once
+            loaded = self._load(job_id)  # None: expired, or lost with Redis's data: the waiter learns it at once
+            if loaded is None or loaded[0].terminal:
+                return loaded and loaded[0]
             remaining = deadline - time.monotonic()
-            if rec is None or rec.terminal or remaining <= 0:
-                return rec
+            if remaining <= 0:
+                return self.status(job_id)
             # In chunks shorter than the socket timeout (a longer BLPOP would read as a stalled Redis).
             # BLPOP takes whole seconds on old servers; a fractional timeout works on Redis >= 6.
             chunk = min(remaining, self._block_chunk_s)
-            if self.r.blpop([self._key(job_id, "done")], timeout=max(chunk, 0.01)):
-                self.r.rpush(self._key(job_id, "done"), 1)  # leave the signal for any other waiter
-                self.r.pexpire(self._key(job_id, "done"), self._ttl_ms)
-                return self.status(job_id)
+            if self.r.blpop([done], timeout=max(chunk, 0.01)):
+                pipe = self.r.pipeline(transaction=False)
+                pipe.rpush(done, 1)  # leave the signal for any other waiter
+                pipe.pexpire(done, self._ttl_ms)
+                pipe.hgetall(self._key(job_id))
+                loaded = _parse(pipe.execute()[-1])
+                return loaded and loaded[0]
 
     @property
     def _block_chunk_s(self) -> float:
@@ -688,8 +696,7 @@ class RedisQueue:
             return False
         # A running job: its worker sees the state at its next `progress` call and stops; its late `complete` or
         # `fail` finds the job ended and changes nothing.
-        self._finish(job_id, JobState.CANCELLED, error=reason)
-        self._ack(loaded[1])  # out of the stream now, so the depth no longer counts it
+        self._finish(job_id, JobState.CANCELLED, ack=loaded[1], error=reason)  # out of the stream: off the depth
         return True
 
     def list_jobs(self, limit: int = 100) -> list[JobRecord]:
@@ -781,48 +788,53 @@ class RedisQueue:
         return len(ids)
 
     def _take(self, consumer: str, entries: list[Any]) -> list[Reserved]:
-        out = []
-        for stream_id, fields in entries:
-            sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
-            job_id = fields[b"id"].decode()
-            loaded = self._load(job_id)
-            data = self.r.get(self._key(job_id, "input"))
+        # Two round trips for the whole batch (issue 15: four per job): every record and upload, then every update.
+        ids = [(sid.decode() if isinstance(sid, bytes) else sid, fields[b"id"].decode()) for sid, fields in entries]
+        pipe = self.r.pipeline(transaction=False)
+        for _, job_id in ids:
+            pipe.hgetall(self._key(job_id))
+            pipe.get(self._key(job_id, "input"))
+        read = pipe.execute()
+        taken = []
+        for (sid, _), raw, data in zip(ids, read[::2], read[1::2], strict=True):
+            loaded = _parse(raw)
             if loaded is None or data is None or loaded[0].terminal:
                 self._ack(sid)  # expired or cancelled while queued
-                continue
-            rec = loaded[0]
-            attempts = int(self.r.hincrby(self._key(job_id), "attempts", 1))
+            else:
+                taken.append((sid, loaded[0], data))
+        if not taken:
+            return []
+        pipe = self.r.pipeline()
+        for _, rec, _ in taken:
+            pipe.hincrby(self._key(rec.id), "attempts", 1)
+            pipe.hset(self._key(rec.id), mapping=_encode({"status": JobState.RUNNING.value, "started_at": time.time(),
+                                                          "worker": consumer, "progress_done": None,
+                                                          "progress_total": None}))
+            pipe.pexpire(self._key(rec.id), self._ttl_ms)
+            pipe.pexpire(self._key(rec.id, "input"), self._ttl_ms)
+        counts = pipe.execute()[::4]
+        out = []
+        for (sid, rec, data), attempts in zip(taken, counts, strict=True):
             if attempts > self.max_attempts:  # reclaimed from dead workers too often
-                self._finish(job_id, JobState.FAILED, error=f"gave up after {attempts - 1} attempts: {rec.error}",
-                             error_status=503)
-                self._ack(sid)
+                self._finish(rec.id, JobState.FAILED, ack=sid,
+                             error=f"gave up after {attempts - 1} attempts: {rec.error}", error_status=503)
                 continue
-            pipe = self.r.pipeline()
-            pipe.hset(self._key(job_id), mapping=_encode({"status": JobState.RUNNING.value,
-                                                          "started_at": time.time(), "worker": consumer,
-                                                          "progress_done": None, "progress_total": None}))
-            pipe.pexpire(self._key(job_id), self._ttl_ms)
-            pipe.pexpire(self._key(job_id, "input"), self._ttl_ms)
-            pipe.execute()
-            out.append(Reserved(job_id, rec.model, rec.params, data, attempts, rec.created_at, sid))
+            out.append(Reserved(rec.id, rec.model, rec.params, data, int(attempts), rec.created_at, sid))
         return out
 
     def progress(self, job_id: str, done: int, total: int) -> bool:
         # One round trip: the state as it is, and the progress written only while the job runs (HSET on a key
         # that expired would leave a partial record behind).
-        script = self._progress_script
-        if script is None:
-            script = self._progress_script = self.r.register_script(_PROGRESS_LUA)
-        return bool(script(keys=[self._key(job_id)], args=[json.dumps(JobState.RUNNING.value), done, total]))
+        return bool(self._script("progress")(keys=[self._key(job_id)],
+                                             args=[json.dumps(JobState.RUNNING.value), done, total]))
 
     def complete(self, job: Reserved, result: bytes, media_type: str, compute_ms: float, batch_size: int) -> None:
         loaded = self._load(job.id)
         if loaded is None or loaded[0].terminal:
             self._ack(job.stream_id)  # expired, or a slower duplicate of an already finished job
             return
-        self.r.set(self._key(job.id, "result"), result, px=self._ttl_ms)
-        self._finish(job.id, JobState.DONE, media_type=media_type, compute_ms=compute_ms, batch_size=batch_size)
-        self._ack(job.stream_id)
+        self._finish(job.id, JobState.DONE, ack=job.stream_id, result=result, media_type=media_type,
+                     compute_ms=compute_ms, batch_size=batch_size)
 
     def fail(self, job: Reserved, error: str, retry: bool, status: int = 503) -> None:
         loaded = self._load(job.id)
@@ -836,11 +848,10 @@ class RedisQueue:
             pipe.pexpire(self._key(job.id), self._ttl_ms)
             pipe.pexpire(self._key(job.id, "input"), self._ttl_ms)
             pipe.execute()
-            self.r.hset(self._key(job.id), "stream_id", self._enqueue(job.id))
+            self._enqueue(job.id)
             self._ack(job.stream_id)
             return
-        self._finish(job.id, JobState.FAILED, error=error, error_status=status)
-        self._ack(job.stream_id)
+        self._finish(job.id, JobState.FAILED, ack=job.stream_id, error=error, error_status=status)
 
     def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
         self.r.hset(self.WORKERS, worker_id, json.dumps({**info, "last_seen": time.time()}))
@@ -857,32 +868,78 @@ class RedisQueue:
         return out
 
     def _ack(self, stream_id: str) -> None:
-        import redis
-
         if stream_id:
-            try:
-                self.r.xack(self.STREAM, self.GROUP, stream_id)
-            except redis.ResponseError as e:
-                if "NOGROUP" not in str(e):  # the group is gone with its pending entries: nothing to acknowledge
-                    raise
-            self.r.xdel(self.STREAM, stream_id)
+            pipe = self.r.pipeline(transaction=False)
+            self._ack_in(pipe, stream_id)
+            _raise_unless_nogroup(pipe.execute(raise_on_error=False))
 
-    def _finish(self, job_id: str, status: JobState, **fields: Any) -> None:
+    def _ack_in(self, pipe: Any, stream_id: str) -> None:
+        pipe.xack(self.STREAM, self.GROUP, stream_id)
+        pipe.xdel(self.STREAM, stream_id)
+
+    def _finish(self, job_id: str, status: JobState, ack: str = "", result: bytes | None = None,
+                **fields: Any) -> None:
+        """End the job in one round trip: its result and record, the `done` signal, and its stream entry (`ack`:
+        the entry's id) acknowledged and deleted. The result is written before the signal, so a waiter finds it."""
         pipe = self.r.pipeline()
+        if result is not None:
+            pipe.set(self._key(job_id, "result"), result, px=self._ttl_ms)
         pipe.hset(self._key(job_id), mapping=_encode({"status": status.value, "finished_at": time.time(), **fields}))
         pipe.pexpire(self._key(job_id), self._ttl_ms)
         pipe.delete(self._key(job_id, "input"))
         pipe.rpush(self._key(job_id, "done"), 1)
         pipe.pexpire(self._key(job_id, "done"), self._ttl_ms)
-        pipe.execute()
+        if ack:
+            self._ack_in(pipe, ack)
+        _raise_unless_nogroup(pipe.execute(raise_on_error=False))
 
 
-# KEYS[1] the job's hash; ARGV: the JSON of "running", done, total. 1 when the job runs (progress stored), else 0.
-_PROGRESS_LUA = """
+_SCRIPTS = {
+    # KEYS: the stream, the job's hash, its input, the recent set. ARGV: max depth, TTL in ms, job id, created at,
+    # how many ids `recent` keeps, the upload, then the record's field/value pairs. One round trip for a submit
+    # (issue 15: four), the depth check atomic with the enqueue. NOSTREAM: the stream is gone (an empty Redis).
+    "submit": """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOSTREAM' end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 'FULL' end
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[5]) - 1)
+redis.call('HSET', KEYS[2], 'stream_id', redis.call('XADD', KEYS[1], '*', 'id', ARGV[3]))
+return 'OK'
+""",
+    # KEYS: the stream, the job's hash. ARGV: the job id. A new entry at the back, its id noted on the job.
+    "enqueue": """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOSTREAM' end
+redis.call('HSET', KEYS[2], 'stream_id', redis.call('XADD', KEYS[1], '*', 'id', ARGV[1]))
+return 'OK'
+""",
+    # KEYS: the job's hash. ARGV: the JSON of "running", done, total. 1 when the job runs (progress stored), else
+    # 0: one round trip, and no HSET on a key that expired (it would leave a partial record behind).
+    "progress": """
 if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'progress_done', ARGV[2], 'progress_total', ARGV[3])
 return 1
-"""
+""",
+}
+
+
+def _parse(raw: dict[bytes, bytes]) -> tuple[JobRecord, str] | None:
+    """A job's hash as (its record, the id of its current stream entry); None when missing or incomplete."""
+    if not raw or b"id" not in raw:  # an update that raced the key's expiry leaves a partial hash
+        return None
+    fields = {k.decode(): v for k, v in raw.items()}
+    stream_id = fields.pop("stream_id", b"").decode()
+    return JobRecord.from_json({k: json.loads(v) for k, v in fields.items()}), stream_id
+
+
+def _raise_unless_nogroup(replies: list[Any]) -> None:
+    """Raise the first error among a pipeline's replies, except NOGROUP from XACK: the consumer group is gone with
+    its pending entries (Redis lost its data), so there is nothing left to acknowledge."""
+    for reply in replies:
+        if isinstance(reply, Exception) and "NOGROUP" not in str(reply):
+            raise reply
 
 
 def _encode(fields: dict[str, Any]) -> dict[str, str]:
