@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator
 
-import anyio
 from fastapi import HTTPException, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -81,34 +80,26 @@ def _check_size(data: bytes, settings: ServiceSettings) -> None:
                                  + (" for a video" if video else ""))
 
 
-async def validate_video(data: bytes, settings: ServiceSettings) -> tuple[int, int]:
+def check_video(data: bytes, settings: ServiceSettings) -> tuple[int, int]:
     """A video upload's checks (it opens, its first frame decodes, duration and frames x pixels within the
-    limits: VideoError's status, 400/413/415); the frame (width, height)."""
-
-    def check() -> tuple[int, int]:
+    limits: VideoError's status, 400/413/415, as an HTTPException); the frame (width, height). Blocking."""
+    try:
         info = imaging_video.probe(data, max_seconds=settings.max_video_seconds,
                                    max_frame_pixels=settings.max_video_frame_pixels)
-        return info.width, info.height
-
-    try:
-        return await anyio.to_thread.run_sync(check)
     except imaging_video.VideoError as e:
         raise HTTPException(e.status, e.message) from None
+    return info.width, info.height
 
 
-async def validate_image(data: bytes, declared: str | None, settings: ServiceSettings) -> tuple[int, int]:
-    """Every upload check (decoded by Pillow, no tensors: the worker converts); the upright (width, height)."""
-
-    def check() -> tuple[int, int]:
-        checked = codec.check_upload(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
-                                      declared_type=declared)
-        with checked.image as im:
-            return im.size
-
+def check_image(data: bytes, declared: str | None, settings: ServiceSettings) -> tuple[int, int]:
+    """Every upload check (`codec.inspect_upload`: no pixels kept, the worker decodes; ImageError's status as an
+    HTTPException); the upright (width, height). Blocking."""
     try:
-        return await anyio.to_thread.run_sync(check)
+        _, width, height = codec.inspect_upload(data, max_bytes=settings.max_upload_bytes,
+                                                max_pixels=settings.max_pixels, declared_type=declared)
     except codec.ImageError as e:
         raise HTTPException(e.status, e.message) from None
+    return width, height
 
 
 def check_output_size(size: tuple[int, int], max_side: int | None, factor: int, settings: ServiceSettings) -> None:

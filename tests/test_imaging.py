@@ -96,11 +96,61 @@ def corrupt_idat(png: bytes) -> bytes:
         pytest.param(b"RIFF\x10\x00\x00\x00WEBPVP8 ", None, 400, id="truncated-webp"),
     ],
 )
-def test_bad_uploads(data: bytes, declared_type: str | None, status: int):
+@pytest.mark.parametrize("check", ["decode", "inspect"])
+def test_bad_uploads(data: bytes, declared_type: str | None, status: int, check: str):
+    """The worker's full decode and the API's lighter `inspect_upload` refuse the same files the same way."""
     with pytest.raises(ImageError) as info:
-        decode(data, declared_type)
+        if check == "decode":
+            decode(data, declared_type)
+        else:
+            codec.inspect_upload(data, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, declared_type=declared_type)
     assert info.value.status == status
     assert info.value.message
+
+
+def _rotated(fmt: str, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # 5-8: stored 40x20, shown 20x40
+    return save(gradient(40, 20), fmt, exif=exif)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(SMALL_PNG, id="png"),
+        pytest.param(SMALL_JPEG, id="jpeg"),
+        pytest.param(_rotated("JPEG", 6), id="jpeg-exif-rotated"),
+        pytest.param(save(Image.new("CMYK", (30, 10), (0, 255, 255, 0)), "JPEG"), id="jpeg-cmyk"),
+        pytest.param(save(gradient().convert("L"), "JPEG", progressive=True), id="jpeg-gray-progressive"),
+        pytest.param(save(gradient(), "WEBP"), id="webp"),
+        pytest.param(save(gradient().convert("P"), "GIF"), id="gif"),
+        pytest.param(_rotated("PNG", 8), id="png-exif-rotated"),
+    ],
+)
+def test_inspect_upload_agrees_with_the_full_decode(data: bytes):
+    """What the API reads without decoding (format, upright size) is what the worker's decode gives."""
+    decoded = decode(data)
+    fmt, width, height = codec.inspect_upload(data, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+    assert (fmt, width, height) == (decoded.format, decoded.width, decoded.height)
+
+
+def test_a_large_jpeg_cut_short_is_refused_by_inspect_upload():
+    """The 1/8-scale pass still reads the whole entropy-coded stream: a photo-sized JPEG missing its end is a 400."""
+    data = save(Image.fromarray(np.random.default_rng(1).integers(0, 256, (600, 800, 3), dtype=np.uint8)), "JPEG")
+    assert codec.inspect_upload(data, max_bytes=MAX_BYTES * 10, max_pixels=MAX_PIXELS)[1:] == (800, 600)
+    with pytest.raises(ImageError) as info:
+        codec.inspect_upload(data[: len(data) * 9 // 10], max_bytes=MAX_BYTES * 10, max_pixels=MAX_PIXELS)
+    assert info.value.status == 400 and "truncated" in info.value.message
+
+
+def test_a_png_lying_about_its_size_passes_inspection_and_fails_the_decode():
+    """The trade `inspect_upload` makes: PNG checksums are checked, the deflate data is not inflated. A crafted
+    file (valid checksums, a header bigger than its data) reaches the worker, whose decode refuses it with 400."""
+    lying = with_ihdr_size(SMALL_PNG, 500, 400)
+    assert codec.inspect_upload(lying, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS) == ("png", 500, 400)
+    with pytest.raises(ImageError) as info:
+        decode(lying)
+    assert info.value.status == 400
 
 
 def test_too_many_bytes_is_413_before_sniffing():
@@ -494,6 +544,22 @@ def test_png_fast_is_a_lossless_png_any_decoder_reads(shape: tuple[int, int, int
         assert np.array_equal(np.asarray(im), pixels)
     ramp = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None], (64, 256, 3)).copy()
     assert len(codec.png_fast(ramp)) < ramp.nbytes / 20
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_png_fast_deflated_in_pieces_is_one_valid_zlib_stream(threads: int) -> None:
+    """Past 64 kB the deflate runs in pieces on threads: they join into one stream whose checksum zlib verifies,
+    holding exactly the bytes one piece would."""
+    pixels = np.random.default_rng(threads).integers(0, 256, (200, 400, 4), dtype=np.uint8)  # 320 kB of rows
+    data = codec.png_fast(pixels, threads=threads)
+
+    def idat(png: bytes) -> bytes:  # png_fast writes one IDAT chunk, then the 12-byte IEND
+        return png[png.index(b"IDAT") + 4 : -12 - 4]
+
+    assert idat(data) != idat(codec.png_fast(pixels, threads=1))  # deflated differently...
+    assert zlib.decompress(idat(data)) == zlib.decompress(idat(codec.png_fast(pixels, threads=1)))  # ...same bytes
+    with Image.open(io.BytesIO(data)) as im:
+        assert np.array_equal(np.asarray(im), pixels)
 
 
 def test_tensor_encode_rounds_like_numpy() -> None:

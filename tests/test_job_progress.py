@@ -281,9 +281,10 @@ def test_a_sync_request_whose_client_leaves_cancels_its_job(queue: JobQueue) -> 
     for job_id in (queued, running):
         state = type("State", (), {"queue": queue, "wait_limiter": None})()
         start = time.monotonic()
-        rec = anyio.run(wait_for_job, state, job_id, 30.0, _LeavingClient())
+        rec, result = anyio.run(wait_for_job, state, job_id, 30.0, _LeavingClient())
         assert time.monotonic() - start < 5  # noticed within a wait chunk, not after the 30 s
         assert rec is not None and rec.status is JobState.CANCELLED and rec.error == CLIENT_LEFT
+        assert result is None
     assert queue.depth() == 0
     assert not queue.progress(queued, 1, 2)  # its worker stops at the next tile
 
