@@ -4,9 +4,18 @@ Errors: a user error is one usage line (typer.BadParameter); anything unexpected
 line naming the exception and `--debug`, which shows the traceback instead.
 """
 
+# ruff: noqa: E402 - the environment is set before the imports that load torch
 from __future__ import annotations
 
 import os
+
+# libgomp reads this once, when torch loads. By default torch's OpenMP threads spin for 300,000 iterations (several
+# ms here) after each parallel op before they sleep; between the small ops around an OpenVINO forward (decode,
+# blend, rounding) they spun on the cores OpenVINO's own threads were computing on. 1,000: `muse` at 256² through
+# the service, 36 -> 28 ms a request (compute 27 -> 21, overhead 8.7 -> 6.7) on 2 cores; eager PyTorch within
+# noise (68 vs 70 ms; OMP_WAIT_POLICY=PASSIVE, no spin at all, cost it 12 %). Issue 15.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
 from typing import Any
 
 import typer
