@@ -368,7 +368,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             errors = f"{errors}; {r['note']}" if r["errors"] else r["note"]
         cells.append([r["mode"], str(r["clients"]), str(r["sent"]), str(r["ok"]), num(r["req_per_s"], 2),
                       num(r["p50_ms"]), num(r["p95_ms"]), num(r["p99_ms"]), num(r["mean_ms"]), num(r["batch_mean"], 2),
-                      num(r["compute_per_req_ms"], 1), num(r["queue_ms"]), num(r["overhead_ms"]), errors])
+                      num(r["compute_per_req_ms"], 1), num(r["queue_ms"], 1), num(r["overhead_ms"], 1), errors])
     widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head))]
     left = {0, len(head) - 1}
     lines = ["  ".join(c[i].ljust(w) if i in left else c[i].rjust(w) for i, w in enumerate(widths))
