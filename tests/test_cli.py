@@ -319,3 +319,21 @@ def test_backend_and_precision_flags_pick_the_engine(tmp_path: Path) -> None:
     bad = invoke("upscale", src, tmp_path / "x.png", "--backend", "tensorrt")
     assert bad.exit_code == 2 and "backend must be one of auto, torch, openvino" in bad.output
     assert "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1000"), ("5", "5")])
+def test_the_cli_sets_openmp_spinning_short_before_torch_loads(given: str | None, expected: str) -> None:
+    """`percept` sets GOMP_SPINCOUNT (unless the environment has it) before anything imports torch: libgomp reads
+    it only once, as torch loads, so a setting made later would do nothing."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | ({"GOMP_SPINCOUNT": given} if given else {})
+    probe = "import os, percept.cli; print(os.environ['GOMP_SPINCOUNT'])"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
+
+    early = subprocess.run([sys.executable, "-c", "import sys, percept; print('torch' in sys.modules)"], env=env,
+                           capture_output=True, text=True, check=True)
+    assert early.stdout.strip() == "False"  # nothing before percept/cli.py's first lines loads torch
