@@ -4,7 +4,6 @@ Errors: a user error is one usage line (typer.BadParameter); anything unexpected
 line naming the exception and `--debug`, which shows the traceback instead.
 """
 
-# ruff: noqa: E402 - the environment is set before the imports that load torch
 from __future__ import annotations
 
 import os

@@ -106,3 +106,27 @@ def test_a_quiet_queue_runs_its_job_at_once_and_a_busy_one_waits_for_a_batch():
     start = time.monotonic()
     assert [len(b) for b in _collect(q, max_batch=8, delay_s=0.4)] == [2]
     assert time.monotonic() - start > 0.35
+
+
+def test_the_jobs_taken_together_are_prepared_through_pmap_in_their_order():
+    """`pmap` gets every job a read returned at once (a thread pool decodes them side by side); the batch keeps
+    the queue's order whatever order the preparations finish in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    q = MemoryQueue()
+    ids = [q.submit("muse", JobParams(max_side=64), b"x") for _ in range(4)]
+    calls: list[int] = []
+
+    def slow_first(job):
+        time.sleep(0.1 if job.id == ids[0] else 0.0)  # the first finishes last
+        return job
+
+    with ThreadPoolExecutor(4) as pool:
+        def pmap(fn, jobs):
+            calls.append(len(jobs))
+            return pool.map(fn, jobs)
+
+        batches = collect(lambda n, ms: q.reserve("w", n, ms), slow_first, lambda job: job.model, 4, 0.05, 100,
+                          pmap=pmap)
+    assert calls == [4]
+    assert [[job.id for job in b] for b in batches] == [ids]

@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import percept
+from imaging import codec
 from model_store import inference, pipeline, store
 from model_store.networks import NetworkConfig, build_network
 from percept.cli import app
@@ -101,6 +102,40 @@ def test_large_same_size_jobs_are_tiled_even_when_batched(tmp_store: Path) -> No
     assert all(queue.status(i).status == "done" for i in ids)
     assert passes and all(shape[0] == 1 and shape[2] * shape[3] * 4 <= 1_000_000 for shape in passes), passes[:4]
     assert len(passes) > 3  # several tiles per job
+
+
+def test_codec_threads_give_the_same_results_and_fail_only_the_job_that_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch decoded and encoded on codec threads (PERCEPT_CODEC_THREADS) gives each job the bytes one thread
+    gives, in its own order; a result that cannot be encoded fails its job alone, with the encoder's status."""
+    uploads = []
+    for seed in range(4):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(buf, "PNG")
+        uploads.append(buf.getvalue())
+    real_encode = pipeline.encode
+
+    def encode(image, decoded, options):
+        if options.format == "jpeg":
+            raise codec.ImageError(415, "no jpeg today")
+        return real_encode(image, decoded, options)
+
+    monkeypatch.setattr(pipeline, "encode", encode)
+    results = {}
+    for threads in (1, 3):
+        queue = MemoryQueue()
+        worker = Worker(queue, WorkerSettings(device="cpu", warmup_sizes="", codec_threads=threads,
+                                              max_batch_delay_ms=0))
+        assert (worker._codec_pool is None) == (threads == 1)
+        ids = [queue.submit("muse", JobParams(format="jpeg" if i == 2 else "png", quality=90), data)
+               for i, data in enumerate(uploads)]
+        assert worker.step(first_wait_ms=100) == 4
+        records = [queue.status(i) for i in ids]
+        assert [r.status for r in records] == ["done", "done", "failed", "done"]
+        assert records[2].error_status == 415 and records[2].error == "no jpeg today"
+        assert {r.batch_size for r in records if r.status == "done"} == {4}  # one forward pass for the four
+        results[threads] = [queue.result(i) for i in ids]
+        assert worker.counters["jobs_done"] == 3 and worker.counters["jobs_failed"] == 1
+    assert results[1] == results[3]
 
 
 def test_folder_run_skips_bad_files_and_says_so(tmp_path: Path) -> None:

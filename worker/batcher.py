@@ -12,7 +12,7 @@ padding change the output, so only equal-size inputs share a forward pass.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -25,14 +25,15 @@ def collect(
     max_batch_size: int,
     max_batch_delay_s: float,
     first_wait_ms: int = 1000,
+    pmap: Callable[[Callable[[Any], T | None], list[Any]], Iterable[T | None]] = map,
 ) -> list[list[T]]:
     """Batches of prepared jobs. `reserve(count, block_ms)` takes jobs from the queue; `prepare` turns one into
-    an item (or None when it failed and was dealt with)."""
+    an item (or None when it failed and was dealt with); `pmap` applies it to the jobs taken together (a thread
+    pool's map decodes them side by side), results in their order."""
     groups: dict[Hashable, list[T]] = {}
 
     def add(jobs: list[Any]) -> None:
-        for job in jobs:
-            item = prepare(job)
+        for item in pmap(prepare, jobs):
             if item is not None:
                 groups.setdefault(key(item), []).append(item)
 

@@ -21,8 +21,11 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -123,6 +126,8 @@ class Worker:
         self._interleaving = False
         self._last_interleave = 0.0
         self._deferred: list[Item] = []
+        codecs = self.settings.codec_threads
+        self._codec_pool = ThreadPoolExecutor(codecs, thread_name_prefix="percept-codec") if codecs > 1 else None
 
     # Start-up -------------------------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -232,7 +237,7 @@ class Worker:
 
         try:
             batches = collect(reserve, self._prepare, lambda item: item.key, self.settings.max_batch_size,
-                              self.settings.max_batch_delay_ms / 1000, first_wait_ms)
+                              self.settings.max_batch_delay_ms / 1000, first_wait_ms, pmap=self._pmap)
             for batch in batches:
                 # Tiled jobs one at a time: each reports its own progress and stops alone when cancelled.
                 for part in ([[item] for item in batch] if batch[0].tiled else [batch]):
@@ -312,19 +317,26 @@ class Worker:
         self.counters["forward_passes"] += 1
         self.counters["batched_jobs"] += len(batch)
         self.counters["compute_ms"] += compute_ms
-        for item, out in zip(batch, outputs, strict=True):
+
+        def deliver(pair: tuple[Item, torch.Tensor]) -> tuple[int, str] | None:
+            """Encode one result and complete its job (on a codec thread); the failure, if any, as (status, error)."""
+            item, out = pair
             try:
                 options = item.job.params  # a JobParams is the pipeline's Options plus the API's limits
                 data, media_type = pipeline.encode(pipeline.finish(item.image, out, factor, options), item.image,
                                                    options)
             except codec.ImageError as e:
-                self._fail(item.job, e.message, retry=False, status=e.status)
-                continue
+                return e.status, e.message
             except Exception as e:  # noqa: BLE001
-                self._fail(item.job, f"could not encode the result: {e}", retry=False, status=503)
-                continue
+                return 503, f"could not encode the result: {e}"
             self.queue.complete(item.job, data, media_type, round(compute_ms, 3), len(batch))
-            self.counters["jobs_done"] += 1
+            return None
+
+        for item, failure in zip(batch, self._pmap(deliver, list(zip(batch, outputs, strict=True))), strict=True):
+            if failure is None:
+                self.counters["jobs_done"] += 1
+            else:
+                self._fail(item.job, failure[1], retry=False, status=failure[0])
 
     def _run_video(self, job: Reserved) -> None:
         """A video job through `model_store.video.process`: progress in frames, cancellable between batches,
@@ -410,6 +422,12 @@ class Worker:
                 self._run_batch([item])
             finally:
                 self._release([item.job])
+
+    def _pmap(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterable[Any]:
+        """`fn` over `items` on the codec threads (in order), or here for one item or without a pool."""
+        if self._codec_pool is None or len(items) < 2:
+            return map(fn, items)
+        return self._codec_pool.map(fn, items)
 
     def _fail(self, job: Reserved, error: str, retry: bool, status: int) -> None:
         """`status`: the HTTP status the API answers with: 4xx the input's fault, 503 the service's."""
