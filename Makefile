@@ -32,6 +32,7 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.bench
 	$(BIN)/python -m bench.load --mode both --size 256 --concurrency 1,4 --requests 48
+	$(BIN)/python -m bench.worker --size 512 --jobs 32
 
 clean:
 	rm -rf out runs .pytest_cache .ruff_cache
