@@ -138,6 +138,37 @@ def test_codec_threads_give_the_same_results_and_fail_only_the_job_that_failed(m
     assert results[1] == results[3]
 
 
+def test_clips_run_on_the_worker_thread_and_images_beside_them_on_codec_threads() -> None:
+    """A read that returns clips and images: the images are decoded on the codec threads, each clip runs on the
+    worker's own thread (it computes forward passes; two on codec threads would share the compiled network), and
+    the items keep the queue's order."""
+    import threading
+
+    queue = MemoryQueue()
+    worker = Worker(queue, WorkerSettings(device="cpu", warmup_sizes="", codec_threads=2, max_batch_delay_ms=0))
+    clip = b"\x00\x00\x00\x18ftypisom" + bytes(64)  # an MP4 by its first bytes
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(buf, "PNG")
+    kinds = ["clip", "image", "clip", "image", "image"]
+    ids = [queue.submit("muse", JobParams(), clip if kind == "clip" else buf.getvalue()) for kind in kinds]
+    threads: dict[str, str] = {}
+    real_prepare = worker._prepare
+
+    def prepare(job):
+        threads[job.id] = threading.current_thread().name
+        return real_prepare(job)
+
+    def run_video(job):
+        assert threading.current_thread() is threading.main_thread()
+        queue.fail(job, "clip seen", retry=False, status=418)
+
+    worker._prepare = prepare  # type: ignore[method-assign]
+    worker._run_video = run_video  # type: ignore[method-assign]
+    assert worker.step(first_wait_ms=100) == 3  # the three images, in one batch
+    assert [threads[i].startswith("percept-codec") for i in ids] == [kind == "image" for kind in kinds]
+    assert [queue.status(i).status for i in ids] == ["failed" if kind == "clip" else "done" for kind in kinds]
+
+
 def test_folder_run_skips_bad_files_and_says_so(tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()

@@ -237,7 +237,7 @@ class Worker:
 
         try:
             batches = collect(reserve, self._prepare, lambda item: item.key, self.settings.max_batch_size,
-                              self.settings.max_batch_delay_ms / 1000, first_wait_ms, pmap=self._pmap)
+                              self.settings.max_batch_delay_ms / 1000, first_wait_ms, pmap=self._prepare_many)
             for batch in batches:
                 # Tiled jobs one at a time: each reports its own progress and stops alone when cancelled.
                 for part in ([[item] for item in batch] if batch[0].tiled else [batch]):
@@ -422,6 +422,15 @@ class Worker:
                 self._run_batch([item])
             finally:
                 self._release([item.job])
+
+    def _prepare_many(self, prepare: Callable[[Reserved], Item | None], jobs: list[Reserved]) -> list[Item | None]:
+        """`prepare` over the jobs a read returned, in their order: images decoded side by side on the codec threads,
+        clips here, one after the other. A clip runs to its end inside `prepare`, forward passes and interleaved jobs
+        included: on a codec thread two clips would share the compiled network, and an interleaved batch would wait
+        for codec threads held by its own caller."""
+        images = [job for job in jobs if not sniff_video(job.data[:16])]
+        decoded = dict(zip((job.id for job in images), self._pmap(prepare, images), strict=True))
+        return [decoded[job.id] if job.id in decoded else prepare(job) for job in jobs]
 
     def _pmap(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterable[Any]:
         """`fn` over `items` on the codec threads (in order), or here for one item or without a pool."""
