@@ -439,8 +439,10 @@ class Worker:
         return self._codec_pool.map(fn, items)
 
     def _fail(self, job: Reserved, error: str, retry: bool, status: int) -> None:
-        """`status`: the HTTP status the API answers with: 4xx the input's fault, 503 the service's."""
-        self.counters["jobs_failed"] += 0 if retry else 1
+        """`status`: the HTTP status the API answers with: 4xx the input's fault, 503 the service's. Called from
+        codec threads too (an upload that does not decode): the count under a lock."""
+        with self._held_lock:
+            self.counters["jobs_failed"] += 0 if retry else 1
         self.queue.fail(job, error, retry, status)
 
 
