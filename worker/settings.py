@@ -79,7 +79,7 @@ class WorkerSettings(QueueSettings):
     # Threads that decode the uploads of a batch and encode its results, side by side (Pillow and zlib release the
     # GIL): 512² PNGs cost ~18 ms of one core per image here against 85 ms of forward pass on 2 cores, and ~0.1 ms
     # of a GPU's (`python -m bench.worker`). 1: on the worker's own thread.
-    codec_threads: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=1, le=64)
+    codec_threads: int = Field(default_factory=lambda: min(32, os.cpu_count() or 1), ge=1, le=64)
 
     @field_validator("tile_pixels")
     @classmethod
