@@ -126,6 +126,42 @@ def test_cancel_a_running_job(queue: JobQueue) -> None:
     assert not queue.cancel(job_id)  # ended
 
 
+def test_a_cancel_and_a_complete_that_cross_end_the_job_once(queue: JobQueue) -> None:
+    """A submitter's cancel and the worker's `complete` racing on the same running jobs: each job ends exactly
+    once. Cancelled jobs hold no result and their cancel said True; completed jobs hold theirs and their cancel said
+    False (Redis: one atomic script ends a job; it used to check, then write, in separate round trips)."""
+    import threading
+
+    ids = [queue.submit("muse", JobParams(), b"x") for _ in range(60)]
+    jobs = queue.reserve("w1", 60, 100)
+    assert len(jobs) == 60
+    cancelled: dict[str, bool] = {}
+    start = threading.Barrier(2)
+
+    def cancel_all() -> None:
+        start.wait()
+        for job_id in ids:
+            cancelled[job_id] = queue.cancel(job_id, "raced")
+
+    def complete_all() -> None:
+        start.wait()
+        for job in jobs:
+            queue.complete(job, job.id.encode(), "image/png", 1.0, 1)
+
+    threads = [threading.Thread(target=cancel_all), threading.Thread(target=complete_all)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for job_id in ids:
+        rec = queue.status(job_id)
+        if cancelled[job_id]:
+            assert rec.status is JobState.CANCELLED and queue.result(job_id) is None, job_id
+        else:
+            assert rec.status is JobState.DONE and queue.result(job_id) == job_id.encode(), job_id
+    assert queue.depth() == 0
+
+
 def test_eta_from_elapsed_time_and_fraction() -> None:
     rec = JobRecord(id="a" * 32, model="sr_x4", params=JobParams(), created_at=100.0, status=JobState.RUNNING,
                     started_at=110.0, progress_done=1, progress_total=4)

@@ -691,13 +691,9 @@ class RedisQueue:
         return max(0.05, min(1.0, self.socket_timeout_s - 0.5))
 
     def cancel(self, job_id: str, reason: str = "cancelled by an administrator") -> bool:
-        loaded = self._load(job_id)
-        if loaded is None or loaded[0].terminal:
-            return False
         # A running job: its worker sees the state at its next `progress` call and stops; its late `complete` or
-        # `fail` finds the job ended and changes nothing.
-        self._finish(job_id, JobState.CANCELLED, ack=loaded[1], error=reason)  # out of the stream: off the depth
-        return True
+        # `fail` finds the job ended and changes nothing. Its stream entry goes, so the depth no longer counts it.
+        return self._finish(job_id, JobState.CANCELLED, error=reason)
 
     def list_jobs(self, limit: int = 100) -> list[JobRecord]:
         out: list[JobRecord] = []
@@ -829,10 +825,7 @@ class RedisQueue:
                                              args=[json.dumps(JobState.RUNNING.value), done, total]))
 
     def complete(self, job: Reserved, result: bytes, media_type: str, compute_ms: float, batch_size: int) -> None:
-        loaded = self._load(job.id)
-        if loaded is None or loaded[0].terminal:
-            self._ack(job.stream_id)  # expired, or a slower duplicate of an already finished job
-            return
+        # Expired, cancelled meanwhile, or a slower duplicate of a finished job: only its entry is acknowledged.
         self._finish(job.id, JobState.DONE, ack=job.stream_id, result=result, media_type=media_type,
                      compute_ms=compute_ms, batch_size=batch_size)
 
@@ -870,28 +863,24 @@ class RedisQueue:
     def _ack(self, stream_id: str) -> None:
         if stream_id:
             pipe = self.r.pipeline(transaction=False)
-            self._ack_in(pipe, stream_id)
+            pipe.xack(self.STREAM, self.GROUP, stream_id)
+            pipe.xdel(self.STREAM, stream_id)
             _raise_unless_nogroup(pipe.execute(raise_on_error=False))
 
-    def _ack_in(self, pipe: Any, stream_id: str) -> None:
-        pipe.xack(self.STREAM, self.GROUP, stream_id)
-        pipe.xdel(self.STREAM, stream_id)
-
-    def _finish(self, job_id: str, status: JobState, ack: str = "", result: bytes | None = None,
-                **fields: Any) -> None:
-        """End the job in one round trip: its result and record, the `done` signal, and its stream entry (`ack`:
-        the entry's id) acknowledged and deleted. The result is written before the signal, so a waiter finds it."""
-        pipe = self.r.pipeline()
-        if result is not None:
-            pipe.set(self._key(job_id, "result"), result, px=self._ttl_ms)
-        pipe.hset(self._key(job_id), mapping=_encode({"status": status.value, "finished_at": time.time(), **fields}))
-        pipe.pexpire(self._key(job_id), self._ttl_ms)
-        pipe.delete(self._key(job_id, "input"))
-        pipe.rpush(self._key(job_id, "done"), 1)
-        pipe.pexpire(self._key(job_id, "done"), self._ttl_ms)
-        if ack:
-            self._ack_in(pipe, ack)
-        _raise_unless_nogroup(pipe.execute(raise_on_error=False))
+    def _finish(self, job_id: str, status: JobState, ack: str | None = None, result: bytes | None = None,
+                **fields: Any) -> bool:
+        """End the job unless it has ended (or expired) already, in one atomic round trip: its result and record,
+        the `done` signal, its stream entry acknowledged and deleted (`ack`: the entry a worker holds; None: the
+        job's current one). Atomic, so a cancel and a worker's `complete` that cross cannot both end the job: the
+        first wins, the second only acknowledges its entry. Returns whether this call ended the job."""
+        ended = [json.dumps(state.value) for state in TERMINAL]
+        record = [x for kv in _encode({"status": status.value, "finished_at": time.time(), **fields}).items()
+                  for x in kv]
+        keys = [self._key(job_id), self._key(job_id, "input"), self._key(job_id, "done"), self._key(job_id, "result"),
+                self.STREAM]
+        args = [self._ttl_ms, self.GROUP, ack or "", *ended, b"" if result is None else b"1",
+                b"" if result is None else result, *record]
+        return bool(self._script("finish")(keys=keys, args=args))
 
 
 _SCRIPTS = {
@@ -914,6 +903,35 @@ return 'OK'
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOSTREAM' end
 redis.call('HSET', KEYS[2], 'stream_id', redis.call('XADD', KEYS[1], '*', 'id', ARGV[1]))
 return 'OK'
+""",
+    # KEYS: the job's hash, its input, its done list, its result, the stream. ARGV: TTL in ms, the consumer group,
+    # the entry to acknowledge ("": the job's current one), the three terminal states as JSON, "1" when a result
+    # follows, the result, then the record's field/value pairs. 1 when it ended the job; 0 when the job had ended
+    # or expired (its entry is acknowledged all the same). XACK answers NOGROUP when the group is gone with its
+    # pending entries (Redis lost its data): nothing to acknowledge then.
+    "finish": """
+local entry = ARGV[3]
+if entry == '' then entry = redis.call('HGET', KEYS[1], 'stream_id') or '' end
+local function ack()
+  if entry ~= '' then
+    redis.pcall('XACK', KEYS[5], ARGV[2], entry)
+    redis.call('XDEL', KEYS[5], entry)
+  end
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or redis.call('HEXISTS', KEYS[1], 'id') == 0
+    or status == ARGV[4] or status == ARGV[5] or status == ARGV[6] then
+  ack()
+  return 0
+end
+if ARGV[7] == '1' then redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[1]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[3], 1)
+redis.call('PEXPIRE', KEYS[3], ARGV[1])
+ack()
+return 1
 """,
     # KEYS: the job's hash. ARGV: the JSON of "running", done, total. 1 when the job runs (progress stored), else
     # 0: one round trip, and no HSET on a key that expired (it would leave a partial record behind).
