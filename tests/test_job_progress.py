@@ -126,10 +126,11 @@ def test_cancel_a_running_job(queue: JobQueue) -> None:
     assert not queue.cancel(job_id)  # ended
 
 
-def test_a_cancel_and_a_complete_that_cross_end_the_job_once(queue: JobQueue) -> None:
-    """A submitter's cancel and the worker's `complete` racing on the same running jobs: each job ends exactly
-    once. Cancelled jobs hold no result and their cancel said True; completed jobs hold theirs and their cancel said
-    False (Redis: one atomic script ends a job; it used to check, then write, in separate round trips)."""
+def test_a_cancel_crossing_a_complete_or_a_retry_ends_the_job_once(queue: JobQueue) -> None:
+    """A submitter's cancel racing the worker's `complete` (even jobs) or `fail(retry=True)` (odd jobs): each job
+    ends exactly once. A completed job holds its result and its cancel said False; a cancelled one holds none; a
+    retried job is cancelled in its new place and never runs again. (Redis: one atomic script ends or requeues a
+    job; it used to check, then write, in separate round trips, and this test failed there every time.)"""
     import threading
 
     ids = [queue.submit("muse", JobParams(), b"x") for _ in range(60)]
@@ -143,23 +144,28 @@ def test_a_cancel_and_a_complete_that_cross_end_the_job_once(queue: JobQueue) ->
         for job_id in ids:
             cancelled[job_id] = queue.cancel(job_id, "raced")
 
-    def complete_all() -> None:
+    def finish_all() -> None:
         start.wait()
-        for job in jobs:
-            queue.complete(job, job.id.encode(), "image/png", 1.0, 1)
+        for i, job in enumerate(jobs):
+            if i % 2:
+                queue.fail(job, "try again", retry=True)
+            else:
+                queue.complete(job, job.id.encode(), "image/png", 1.0, 1)
 
-    threads = [threading.Thread(target=cancel_all), threading.Thread(target=complete_all)]
+    threads = [threading.Thread(target=cancel_all), threading.Thread(target=finish_all)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    for job_id in ids:
+    for i, job_id in enumerate(ids):
         rec = queue.status(job_id)
-        if cancelled[job_id]:
+        if i % 2:  # retried or not, the cancel found it unended
+            assert cancelled[job_id] and rec.status is JobState.CANCELLED, (job_id, rec.status)
+        elif cancelled[job_id]:
             assert rec.status is JobState.CANCELLED and queue.result(job_id) is None, job_id
         else:
             assert rec.status is JobState.DONE and queue.result(job_id) == job_id.encode(), job_id
-    assert queue.depth() == 0
+    assert queue.depth() == 0 and queue.reserve("w2", 60, 50) == []
 
 
 def test_eta_from_elapsed_time_and_fraction() -> None:

@@ -536,7 +536,7 @@ class RedisQueue:
     def _ensure_group(self, force: bool = False) -> None:
         """Create the stream and its consumer group unless they exist (BUSYGROUP: they do). Cached, but a lost
         group (Redis restarted without its data, a flush, a failover to an empty replica) is noticed where it
-        matters: NOGROUP on a worker's read (`_on_nogroup`) and a missing stream on submit (`_enqueue`)."""
+        matters: NOGROUP on a worker's read (`_on_nogroup`) and a missing stream on submit or requeue (NOSTREAM)."""
         if self._group_ready and not force:
             return
         import redis
@@ -558,14 +558,6 @@ class RedisQueue:
                                             "recreated it", self.GROUP, self.STREAM)
         self._group_ready = False
         self._ensure_group(force=True)
-
-    def _enqueue(self, job_id: str) -> None:
-        """Add the job's entry at the end of the stream and note it on the job. A stream that vanished (an empty
-        Redis) is not recreated bare, without the consumer group the workers read from; the group is made first."""
-        for _ in range(2):
-            if self._script("enqueue")(keys=[self.STREAM, self._key(job_id)], args=[job_id]) != b"NOSTREAM":
-                return
-            self._ensure_group(force=True)
 
     def _script(self, name: str) -> Any:
         """A Lua script of `_SCRIPTS` (EVALSHA, loaded on first use): several commands in one round trip."""
@@ -621,7 +613,7 @@ class RedisQueue:
                     return str(old["job"])
                 self.r.delete(idem_key)  # its job is gone or not worth replaying: this request makes a new one
         rec = _new_record(job_id, model, params)
-        fields = [x for kv in _encode(rec.to_json()).items() for x in kv]
+        fields = _flat(rec.to_json())
         keys = [self.STREAM, self._key(job_id), self._key(job_id, "input"), self.RECENT]
         for _ in range(2):
             answer = self._script("submit")(keys=keys, args=[self.max_depth, self._ttl_ms, job_id, rec.created_at,
@@ -830,19 +822,16 @@ class RedisQueue:
                      compute_ms=compute_ms, batch_size=batch_size)
 
     def fail(self, job: Reserved, error: str, retry: bool, status: int = 503) -> None:
-        loaded = self._load(job.id)
-        if loaded is None or loaded[0].terminal:
-            self._ack(job.stream_id)
-            return
         if retry and job.attempt < self.max_attempts:
-            # Queued again now (a new entry at the back of the stream) rather than after the visibility timeout.
-            pipe = self.r.pipeline()
-            pipe.hset(self._key(job.id), mapping=_encode({"status": JobState.QUEUED.value, "error": error}))
-            pipe.pexpire(self._key(job.id), self._ttl_ms)
-            pipe.pexpire(self._key(job.id, "input"), self._ttl_ms)
-            pipe.execute()
-            self._enqueue(job.id)
-            self._ack(job.stream_id)
+            # Queued again now (a new entry at the back of the stream) rather than after the visibility timeout, in
+            # one atomic script: a job that ended meanwhile (a cancel) stays ended.
+            keys = [self._key(job.id), self._key(job.id, "input"), self.STREAM]
+            record = _flat({"status": JobState.QUEUED.value, "error": error})
+            for _ in range(2):
+                args = [self._ttl_ms, self.GROUP, job.stream_id or "", job.id, *_ENDED, *record]
+                if self._script("requeue")(keys=keys, args=args) != b"NOSTREAM":
+                    return
+                self._ensure_group(force=True)  # the stream vanished (an empty Redis): the group first, then again
             return
         self._finish(job.id, JobState.FAILED, ack=job.stream_id, error=error, error_status=status)
 
@@ -873,12 +862,10 @@ class RedisQueue:
         the `done` signal, its stream entry acknowledged and deleted (`ack`: the entry a worker holds; None: the
         job's current one). Atomic, so a cancel and a worker's `complete` that cross cannot both end the job: the
         first wins, the second only acknowledges its entry. Returns whether this call ended the job."""
-        ended = [json.dumps(state.value) for state in TERMINAL]
-        record = [x for kv in _encode({"status": status.value, "finished_at": time.time(), **fields}).items()
-                  for x in kv]
+        record = _flat({"status": status.value, "finished_at": time.time(), **fields})
         keys = [self._key(job_id), self._key(job_id, "input"), self._key(job_id, "done"), self._key(job_id, "result"),
                 self.STREAM]
-        args = [self._ttl_ms, self.GROUP, ack or "", *ended, b"" if result is None else b"1",
+        args = [self._ttl_ms, self.GROUP, ack or "", *_ENDED, b"" if result is None else b"1",
                 b"" if result is None else result, *record]
         return bool(self._script("finish")(keys=keys, args=args))
 
@@ -898,11 +885,29 @@ redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[5]) - 1)
 redis.call('HSET', KEYS[2], 'stream_id', redis.call('XADD', KEYS[1], '*', 'id', ARGV[3]))
 return 'OK'
 """,
-    # KEYS: the stream, the job's hash. ARGV: the job id. A new entry at the back, its id noted on the job.
-    "enqueue": """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'NOSTREAM' end
-redis.call('HSET', KEYS[2], 'stream_id', redis.call('XADD', KEYS[1], '*', 'id', ARGV[1]))
-return 'OK'
+    # KEYS: the job's hash, its input, the stream. ARGV: TTL in ms, the consumer group, the entry the worker holds,
+    # the job id, the three terminal states as JSON, then the record's field/value pairs. A new entry at the back,
+    # noted on the job, the held one acknowledged; nothing but that acknowledgement when the job ended or expired.
+    "requeue": """
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or redis.call('HEXISTS', KEYS[1], 'id') == 0
+    or status == ARGV[5] or status == ARGV[6] or status == ARGV[7] then
+  if ARGV[3] ~= '' then
+    redis.pcall('XACK', KEYS[3], ARGV[2], ARGV[3])
+    redis.call('XDEL', KEYS[3], ARGV[3])
+  end
+  return 0
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then return 'NOSTREAM' end
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'stream_id', redis.call('XADD', KEYS[3], '*', 'id', ARGV[4]))
+if ARGV[3] ~= '' then
+  redis.pcall('XACK', KEYS[3], ARGV[2], ARGV[3])
+  redis.call('XDEL', KEYS[3], ARGV[3])
+end
+return 1
 """,
     # KEYS: the job's hash, its input, its done list, its result, the stream. ARGV: TTL in ms, the consumer group,
     # the entry to acknowledge ("": the job's current one), the three terminal states as JSON, "1" when a result
@@ -962,6 +967,14 @@ def _raise_unless_nogroup(replies: list[Any]) -> None:
 
 def _encode(fields: dict[str, Any]) -> dict[str, str]:
     return {k: json.dumps(v) for k, v in fields.items()}
+
+
+def _flat(fields: dict[str, Any]) -> list[str]:
+    """A record's fields as a script's ARGV: field, JSON value, field, JSON value, ..."""
+    return [x for kv in _encode(fields).items() for x in kv]
+
+
+_ENDED = sorted(json.dumps(state.value) for state in TERMINAL)  # how a hash stores the terminal states
 
 
 def open_queue(settings: QueueSettings) -> MemoryQueue | RedisQueue:
