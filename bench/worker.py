@@ -28,7 +28,8 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from PIL import Image
 
-from worker.queue import JobParams, MemoryQueue
+from worker.memory_queue import MemoryQueue
+from worker.queue import JobParams
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 

@@ -26,7 +26,8 @@ from service import page, routes
 from service.deps import ServiceState
 from service.metrics import Metrics, MetricsMiddleware
 from service.settings import ServiceSettings
-from worker.queue import JobQueue, MemoryQueue, QueueFull, open_queue
+from worker.memory_queue import MemoryQueue
+from worker.queue import JobQueue, QueueFull, open_queue
 
 log = logging.getLogger(__name__)
 

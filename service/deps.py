@@ -27,7 +27,7 @@ class ServiceState:
     """What the handlers share: one per app."""
 
     settings: ServiceSettings
-    queue: JobQueue  # worker.queue.MemoryQueue | RedisQueue
+    queue: JobQueue  # worker.memory_queue.MemoryQueue | worker.redis_queue.RedisQueue
     metrics: Metrics
     wait_limiter: anyio.CapacityLimiter | None = None  # threads blocked waiting on jobs (set in the lifespan)
     worker_error: str | None = None  # embedded mode: why the in-process worker stopped

@@ -10,7 +10,7 @@ import torch
 
 from model_store import backends, inference, store
 from model_store.networks import NetworkConfig, build_network
-from worker.queue import MemoryQueue
+from worker.memory_queue import MemoryQueue
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 

@@ -6,7 +6,8 @@ import threading
 import time
 
 from worker.batcher import collect
-from worker.queue import JobParams, MemoryQueue
+from worker.memory_queue import MemoryQueue
+from worker.queue import JobParams
 
 
 def _collect(q: MemoryQueue, max_batch: int, delay_s: float, first_wait_ms: int = 200):

@@ -21,6 +21,7 @@ def test_the_api_starts_without_torch() -> None:
     assert not {"torch", "torchvision", "trainer"} & from_api
 
 
-@pytest.mark.parametrize("module", ["imaging.codec", "model_store.store", "model_store.options", "worker.queue"])
+@pytest.mark.parametrize("module", ["imaging.codec", "model_store.store", "model_store.options", "worker.queue",
+                                    "worker.memory_queue", "worker.redis_queue"])
 def test_leaves_the_api_uses_load_no_torch(module: str) -> None:
     assert "torch" not in loaded_after(f"import {module}")

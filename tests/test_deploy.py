@@ -366,7 +366,7 @@ def test_healthcheck_urls_are_routes():
 
     from service.app import create_app
     from service.settings import ServiceSettings
-    from worker.queue import MemoryQueue
+    from worker.memory_queue import MemoryQueue
 
     app = create_app(ServiceSettings(redis_url=None), queue=MemoryQueue(), start_worker=False)  # no lifespan run
 

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from worker.queue import MemoryQueue
+from worker.memory_queue import MemoryQueue
 
 
 def test_docs_pages_use_only_local_assets() -> None:

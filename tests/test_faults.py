@@ -21,7 +21,8 @@ from PIL import Image
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from worker.queue import JobParams, JobRecord, RedisQueue
+from worker.queue import JobParams, JobRecord
+from worker.redis_queue import RedisQueue
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 

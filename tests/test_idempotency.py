@@ -21,7 +21,9 @@ from test_service_api import KEY, assert_error, photo, post_image
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from worker.queue import IdempotencyConflict, JobParams, JobQueue, MemoryQueue, RedisQueue, request_fingerprint
+from worker.memory_queue import MemoryQueue
+from worker.queue import IdempotencyConflict, JobParams, JobQueue, request_fingerprint
+from worker.redis_queue import RedisQueue
 
 PNG = JobParams(format="png")
 

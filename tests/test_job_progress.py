@@ -23,7 +23,9 @@ from model_store.tiling import run_layer_by_layer, run_tiled
 from service.app import create_app
 from service.schemas import JobStatus
 from service.settings import ServiceSettings
-from worker.queue import JobParams, JobQueue, JobRecord, JobState, MemoryQueue, RedisQueue
+from worker.memory_queue import MemoryQueue
+from worker.queue import JobParams, JobQueue, JobRecord, JobState
+from worker.redis_queue import RedisQueue
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 

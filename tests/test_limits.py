@@ -25,7 +25,7 @@ from model_store import store
 from model_store.networks import NetworkConfig, build_network
 from service.app import create_app
 from service.settings import ServiceSettings
-from worker.queue import MemoryQueue
+from worker.memory_queue import MemoryQueue
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CLI = "from percept.cli import app; app()"

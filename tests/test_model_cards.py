@@ -17,7 +17,7 @@ from model_store import store
 from percept.cli import app
 from service.app import create_app
 from service.settings import ServiceSettings
-from worker.queue import MemoryQueue
+from worker.memory_queue import MemoryQueue
 
 BUILTIN = sorted(p.parent for p in store.BUILTIN_ROOT.glob("*/*/manifest.json"))
 

@@ -18,7 +18,8 @@ from imaging import codec
 from model_store import inference, pipeline, store
 from model_store.networks import NetworkConfig, build_network
 from percept.cli import app
-from worker.queue import JobParams, MemoryQueue
+from worker.memory_queue import MemoryQueue
+from worker.queue import JobParams
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 

@@ -10,17 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from worker.queue import (
-    TERMINAL,
-    JobParams,
-    JobQueue,
-    JobRecord,
-    JobState,
-    MemoryQueue,
-    QueueFull,
-    RedisQueue,
-    Reserved,
-)
+from worker.memory_queue import MemoryQueue
+from worker.queue import TERMINAL, JobParams, JobQueue, JobRecord, JobState, QueueFull, Reserved
+from worker.redis_queue import RedisQueue
 
 LIMITS = {"max_depth": 4, "ttl_s": 60.0, "max_attempts": 2}
 PNG = JobParams(format="png")

@@ -16,7 +16,7 @@ from test_service_api import KEY, assert_error, photo
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from worker.queue import MemoryQueue
+from worker.memory_queue import MemoryQueue
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 

@@ -24,7 +24,8 @@ from model_store.networks import NetworkConfig, build_network
 from service.app import create_app
 from service.jobs import job_failure
 from service.settings import ServiceSettings
-from worker.queue import JobParams, JobRecord, MemoryQueue
+from worker.memory_queue import MemoryQueue
+from worker.queue import JobParams, JobRecord
 
 KEY = "admin-secret"
 W, H = 40, 32
@@ -571,7 +572,7 @@ def test_admin_models_served_without_restart(tmp_store: Path, monkeypatch: pytes
 def test_redis_mode_api_and_worker(redis_db: str) -> None:
     import threading
 
-    from worker.queue import RedisQueue
+    from worker.redis_queue import RedisQueue
     from worker.runner import Worker
     from worker.settings import WorkerSettings
 

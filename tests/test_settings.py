@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings
 
 from service.settings import ServiceSettings
 from trainer.settings import TrainerSettings
-from worker.queue import MemoryQueue, RedisQueue, open_queue
+from worker.memory_queue import MemoryQueue
+from worker.queue import open_queue
+from worker.redis_queue import RedisQueue
 from worker.settings import PerceptSettings, QueueSettings, RedisSettings, WorkerSettings
 
 PROCESSES = (ServiceSettings, WorkerSettings, TrainerSettings)

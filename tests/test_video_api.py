@@ -13,7 +13,9 @@ from test_video import PTS, audio_packets, make_clip, video_pts_seconds
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from worker.queue import JobQueue, MemoryQueue, RedisQueue
+from worker.memory_queue import MemoryQueue
+from worker.queue import JobQueue
+from worker.redis_queue import RedisQueue
 from worker.runner import Worker
 from worker.settings import WorkerSettings
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from worker.queue import JobParams, JobRecord, RedisQueue
+from worker.queue import JobParams, JobRecord
+from worker.redis_queue import RedisQueue
 
 ROOT = Path(__file__).resolve().parents[1]
 
