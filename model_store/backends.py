@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import torch
 
-from model_store import inference
+from model_store import export, inference
 from model_store.networks import TransformNet
 
 log = logging.getLogger(__name__)
@@ -160,31 +160,9 @@ def weights_digest(net: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-class _Core(torch.nn.Module):
-    """`TransformNet.core` as a module of its own, for tracing and export."""
-
-    def __init__(self, net: TransformNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.core(x)
-
-
-def core_module(net: TransformNet) -> torch.nn.Module:
-    return _Core(net).eval()
-
-
-def example_input(net: TransformNet, side: int = 64) -> torch.Tensor:
-    side = max(side, 4 * net.multiple + 2 * net.input_pad)
-    return torch.full((1, 3, side, side), 128.0)
-
-
 def convert_openvino(net: TransformNet) -> Any:
     """The network's core as an ``openvino.Model`` with dynamic batch, height and width (fp32 weights)."""
-    from model_store.export import openvino_model
-
-    return openvino_model(net)
+    return export.openvino_model(net)
 
 
 _converted: OrderedDict[str, Any] = OrderedDict()

@@ -5,18 +5,18 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from model_store import store
+from model_store.engine import Engine
 from model_store.options import TILE_PIXELS, Options
 
 if TYPE_CHECKING:
-    from model_store.networks import TransformNet
-    from model_store.pipeline import Forward
+    pass
 
 models_app = typer.Typer(help="List, show and publish models in the model store.", no_args_is_help=True)
 
@@ -134,37 +134,6 @@ def export_model(
     except ImportError as e:
         raise typer.BadParameter(f"{fmt} export needs {e.name}: pip install {e.name}", param_hint="--format") from None
     typer.echo(f"{label} -> {', '.join(str(p) for p in written)} (multiple of {net.multiple} px per side)")
-
-
-@dataclass(frozen=True)
-class Engine:
-    """Where and how `stylize`/`upscale` run a network: --device, --backend, --precision, --tile-pixels."""
-
-    device: str = "auto"
-    backend: str = "auto"
-    precision: str = "auto"
-    tile_pixels: int = TILE_PIXELS
-
-    def load(self, model: str) -> tuple[TransformNet, str]:
-        from model_store import pipeline
-
-        try:
-            return pipeline.load(model, self.device)
-        except RuntimeError as e:
-            raise typer.BadParameter(str(e), param_hint="--device") from None
-        except store.ModelStoreError as e:
-            raise typer.BadParameter(str(e), param_hint="--model") from None
-
-    def forward(self, net: TransformNet) -> tuple[Forward, str]:
-        """The backend's forward for `net`'s device and its label (torch/fp32, openvino/bf16...); asking for
-        what this machine lacks is a one-line error."""
-        from model_store import backends
-
-        try:
-            choice = backends.choose(self.backend, self.precision, next(net.parameters()).device)
-        except ValueError as e:
-            raise typer.BadParameter(str(e), param_hint="--backend/--precision") from None
-        return backends.shared_forward(choice), choice.label
 
 
 def _outputs(src: Path, dst: Path, fmt: str | None, suffix: str) -> list[tuple[Path, Path]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from tqdm import tqdm
 
-from model_store.cli import Engine
+from model_store.engine import Engine
 from model_store.options import Options
 
 

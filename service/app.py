@@ -27,7 +27,8 @@ from service.deps import ServiceState
 from service.metrics import Metrics, MetricsMiddleware
 from service.settings import ServiceSettings
 from worker.memory_queue import MemoryQueue
-from worker.queue import JobQueue, QueueFull, open_queue
+from worker.open_queue import open_queue
+from worker.queue import JobQueue, QueueFull
 
 log = logging.getLogger(__name__)
 

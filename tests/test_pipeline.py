@@ -139,6 +139,15 @@ def test_codec_threads_give_the_same_results_and_fail_only_the_job_that_failed(m
     assert results[1] == results[3]
 
 
+def test_workers_of_one_process_share_the_backend() -> None:
+    """One forward (one OpenVINO Core and compiled-model cache) per process and engine choice, not per worker."""
+    settings = WorkerSettings(device="cpu", warmup_sizes="")
+    assert Worker(MemoryQueue(), settings)._backend_forward is Worker(MemoryQueue(), settings)._backend_forward
+    eager, default = (Worker(MemoryQueue(), WorkerSettings(device="cpu", warmup_sizes="", backend="torch",
+                                                           precision="fp32")), Worker(MemoryQueue(), settings))
+    assert (eager._backend_forward is default._backend_forward) == (eager.backend.label == default.backend.label)
+
+
 def test_clips_run_on_the_worker_thread_and_images_beside_them_on_codec_threads() -> None:
     """A read that returns clips and images: the images are decoded on the codec threads, each clip runs on the
     worker's own thread (it computes forward passes; two on codec threads would share the compiled network), and

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings
 from service.settings import ServiceSettings
 from trainer.settings import TrainerSettings
 from worker.memory_queue import MemoryQueue
-from worker.queue import open_queue
+from worker.open_queue import open_queue
 from worker.redis_queue import RedisQueue
 from worker.settings import PerceptSettings, QueueSettings, RedisSettings, WorkerSettings
 

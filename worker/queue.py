@@ -4,8 +4,8 @@ The contract is `JobQueue`, a Protocol both backends satisfy (tests/test_queue.p
 so the API and the worker loop do not know which one they talk to. What goes through it is typed: `JobParams`
 (what a request asks of the worker: the pipeline's `model_store.options.Options` and the input limit), `JobRecord`
 (a job as `status`/`wait`/`list_jobs` return it), `Reserved` (a job handed to a worker) and `JobState` (the
-states; `TERMINAL` the final ones). `open_queue` builds either backend from the same `QueueSettings`, so embedded
-mode honours PERCEPT_QUEUE_MAX, PERCEPT_JOB_TTL_S and PERCEPT_MAX_ATTEMPTS too.
+states; `TERMINAL` the final ones). `worker.open_queue` builds either backend from the same `QueueSettings`,
+so embedded mode honours PERCEPT_QUEUE_MAX, PERCEPT_JOB_TTL_S and PERCEPT_MAX_ATTEMPTS too.
 
 Shared semantics:
 
@@ -29,14 +29,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from model_store.options import Options
-
-if TYPE_CHECKING:
-    from worker.memory_queue import MemoryQueue
-    from worker.redis_queue import RedisQueue
-    from worker.settings import QueueSettings
 
 
 class JobState(StrEnum):
@@ -245,16 +240,3 @@ def new_record(job_id: str, model: str, params: JobParams) -> JobRecord:
     if not isinstance(params, JobParams):
         raise TypeError(f"params must be JobParams, not {type(params).__name__}")
     return JobRecord(id=job_id, model=model, params=params, created_at=time.time())
-
-
-def open_queue(settings: QueueSettings) -> MemoryQueue | RedisQueue:
-    """The queue the settings describe: Redis when REDIS_URL is set, else the in-memory one (embedded mode); the
-    same limits (queue_max, job_ttl_s, max_attempts) either way."""
-    from worker.memory_queue import MemoryQueue  # the backends import this module's types
-    from worker.redis_queue import RedisQueue
-
-    limits = {"max_depth": settings.queue_max, "ttl_s": settings.job_ttl_s, "max_attempts": settings.max_attempts}
-    if settings.redis_url:
-        return RedisQueue(settings.redis_url, **limits, socket_timeout_s=settings.redis_socket_timeout_s,
-                          connect_timeout_s=settings.redis_connect_timeout_s)
-    return MemoryQueue(**limits, max_result_bytes=int(settings.result_cache_mb * 2**20))

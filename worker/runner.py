@@ -35,7 +35,8 @@ from imaging.video import sniff as sniff_video
 from model_store import backends, inference, pipeline, store
 from model_store.networks import TransformNet
 from worker.batcher import collect
-from worker.queue import JobCancelled, JobQueue, Reserved, open_queue
+from worker.open_queue import open_queue
+from worker.queue import JobCancelled, JobQueue, Reserved
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,10 @@ class Worker:
         # The engine and precision of untiled passes (and SR tiles); style tiles run layer by layer in torch.
         self.backend = backends.choose(self.settings.backend, self.settings.precision, self.device,
                                        self.settings.half)
-        self._backend_forward = backends.make_forward(self.backend)
+        # One per process and choice (thread-safe: an infer request per call): workers of one process share the
+        # compiled models, and no OpenVINO Core is made and dropped per worker (the test suite makes hundreds;
+        # a Core destroyed while another computed was the suspect of a rare segmentation fault).
+        self._backend_forward = backends.shared_forward(self.backend)
         log.info("inference backend %s (%s)", self.backend.label, self.backend.reason)
         self._factors: dict[str, int] = {}  # model name -> upscaling factor, for the batch key
         self.counters = {"forward_passes": 0, "jobs_done": 0, "jobs_failed": 0, "batched_jobs": 0,
