@@ -44,9 +44,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-# The service's OpenMP setting (percept/cli.py sets it for every `percept` command), before torch loads.
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
-
 import torch
 import torchvision
 

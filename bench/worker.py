@@ -23,9 +23,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-# The service's OpenMP setting (percept/cli.py sets it for every `percept` command), before torch loads.
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
-
 from PIL import Image
 
 from worker.memory_queue import MemoryQueue

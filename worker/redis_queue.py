@@ -412,6 +412,26 @@ class RedisQueue:
         return bool(self._script("finish")(keys=keys, args=args))
 
 
+# What the scripts that end or requeue a job share. `ended`: the job's hash is gone, partial (an update raced its
+# key's expiry) or in one of `states` (the terminal ones, as JSON). `ack`: a stream entry acknowledged and deleted;
+# XACK answers NOGROUP when the group is gone with its pending entries (Redis lost its data): nothing to do then.
+_LUA_JOB_END = """
+local function ended(hash, states)
+  local status = redis.call('HGET', hash, 'status')
+  if (not status) or redis.call('HEXISTS', hash, 'id') == 0 then return true end
+  for _, state in ipairs(states) do
+    if status == state then return true end
+  end
+  return false
+end
+local function ack(stream, group, entry)
+  if entry ~= '' then
+    redis.pcall('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+  end
+end
+"""
+
 _SCRIPTS = {
     # KEYS: the stream, the job's hash, its input, the recent set. ARGV: max depth, TTL in ms, job id, created at,
     # how many ids `recent` keeps, the upload, then the record's field/value pairs. One round trip for a submit
@@ -430,54 +450,31 @@ return 'OK'
     # KEYS: the job's hash, its input, the stream. ARGV: TTL in ms, the consumer group, the entry the worker holds,
     # the job id, the three terminal states as JSON, then the record's field/value pairs. A new entry at the back,
     # noted on the job, the held one acknowledged; nothing but that acknowledgement when the job ended or expired.
-    "requeue": """
-local status = redis.call('HGET', KEYS[1], 'status')
-if (not status) or redis.call('HEXISTS', KEYS[1], 'id') == 0
-    or status == ARGV[5] or status == ARGV[6] or status == ARGV[7] then
-  if ARGV[3] ~= '' then
-    redis.pcall('XACK', KEYS[3], ARGV[2], ARGV[3])
-    redis.call('XDEL', KEYS[3], ARGV[3])
-  end
-  return 0
-end
+    "requeue": _LUA_JOB_END + """
+if ended(KEYS[1], {ARGV[5], ARGV[6], ARGV[7]}) then ack(KEYS[3], ARGV[2], ARGV[3]) return 0 end
 if redis.call('EXISTS', KEYS[3]) == 0 then return 'NOSTREAM' end
 redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'stream_id', redis.call('XADD', KEYS[3], '*', 'id', ARGV[4]))
-if ARGV[3] ~= '' then
-  redis.pcall('XACK', KEYS[3], ARGV[2], ARGV[3])
-  redis.call('XDEL', KEYS[3], ARGV[3])
-end
+ack(KEYS[3], ARGV[2], ARGV[3])
 return 1
 """,
     # KEYS: the job's hash, its input, its done list, its result, the stream. ARGV: TTL in ms, the consumer group,
     # the entry to acknowledge ("": the job's current one), the three terminal states as JSON, "1" when a result
     # follows, the result, then the record's field/value pairs. 1 when it ended the job; 0 when the job had ended
-    # or expired (its entry is acknowledged all the same). XACK answers NOGROUP when the group is gone with its
-    # pending entries (Redis lost its data): nothing to acknowledge then.
-    "finish": """
+    # or expired (its entry is acknowledged all the same).
+    "finish": _LUA_JOB_END + """
 local entry = ARGV[3]
 if entry == '' then entry = redis.call('HGET', KEYS[1], 'stream_id') or '' end
-local function ack()
-  if entry ~= '' then
-    redis.pcall('XACK', KEYS[5], ARGV[2], entry)
-    redis.call('XDEL', KEYS[5], entry)
-  end
-end
-local status = redis.call('HGET', KEYS[1], 'status')
-if (not status) or redis.call('HEXISTS', KEYS[1], 'id') == 0
-    or status == ARGV[4] or status == ARGV[5] or status == ARGV[6] then
-  ack()
-  return 0
-end
+if ended(KEYS[1], {ARGV[4], ARGV[5], ARGV[6]}) then ack(KEYS[5], ARGV[2], entry) return 0 end
 if ARGV[7] == '1' then redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[1]) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[3], 1)
 redis.call('PEXPIRE', KEYS[3], ARGV[1])
-ack()
+ack(KEYS[5], ARGV[2], entry)
 return 1
 """,
     # KEYS: the job's hash. ARGV: the JSON of "running", done, total. 1 when the job runs (progress stored), else
